@@ -1,0 +1,40 @@
+"""ddbench-run: distill, save the artifact, evaluate, write records, print a summary row per eval model."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ddbench.cli.app import hydra_main, invoked_command
+
+
+def run(cfg: dict[str, Any]) -> float:
+    from ddbench import pipeline
+    from ddbench.logger import open_logger
+
+    device = pipeline.pick_device(cfg)
+    splits = pipeline.load_splits(cfg, device)
+    logger = open_logger(cfg["logger"], cfg, cfg["paths"]["output"])
+    try:
+        artifact, seconds = pipeline.distill(cfg, splits, device)
+        path = pipeline.save(artifact, cfg)
+        print(f"artifact: {path} (distilled in {seconds:.1f} s)")
+        results = pipeline.evaluate(cfg, artifact, splits)
+        if cfg.get("write_records", True):
+            for record in pipeline.write_results(cfg, artifact, path, results, seconds, device, invoked_command()):
+                print(f"record: {record}")
+        print(pipeline.summary_rows(cfg, artifact, results))
+        logger.log({f"acc/{r.model}": r.mean for r in results} | {"distill_seconds": seconds})
+    finally:
+        logger.close()
+    return results[0].mean
+
+
+def main() -> Any:
+    if len(sys.argv) == 1:
+        sys.argv.append("experiment=quickstart")
+    return hydra_main(run)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The ConvNet family of the dataset-distillation literature (DC/DSA/DM/MTT).
+
+Block = Conv3x3(width) → norm → ReLU → pool. 1-channel 28-px inputs get padding 3 in the first conv (28→32),
+so the feature map size is computed as for 32 px. Default depth: 3 (≤32 px), 4 (64 px), 5 (128 px).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ddbench.models.registry import register_model
+from ddbench.utils import DDBenchError
+
+NORMS = ("instancenorm", "batchnorm", "layernorm", "groupnorm", "none")
+
+
+def make_norm(kind: str, channels: int, size: int) -> nn.Module:
+    """instancenorm = GroupNorm(C, C) (affine), as in the reference code; layernorm is over (C,H,W)."""
+    if kind == "instancenorm":
+        return nn.GroupNorm(channels, channels, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(channels)
+    if kind == "layernorm":
+        return nn.LayerNorm([channels, size, size], elementwise_affine=True)
+    if kind == "groupnorm":
+        return nn.GroupNorm(4, channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise DDBenchError(f"unknown norm {kind!r}; valid: {', '.join(NORMS)}.")
+
+
+def default_depth(image_size: int) -> int:
+    return 5 if image_size >= 128 else 4 if image_size >= 64 else 3
+
+
+class ConvNet(nn.Module):
+    """x [B,C,H,W] → logits [B,num_classes]."""
+
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        image_size: int,
+        width: int = 128,
+        depth: int | None = None,
+        norm: str = "instancenorm",
+        activation: str = "relu",
+        pooling: str = "avgpool",
+    ):
+        super().__init__()
+        depth = depth or default_depth(image_size)
+        size = 32 if (channels == 1 and image_size == 28) else image_size
+        if size >> depth < 1:
+            raise DDBenchError(f"ConvNet depth {depth} is too deep for {image_size}px images; use depth <= {size.bit_length() - 1}.")
+        acts = {"relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01), "sigmoid": nn.Sigmoid}
+        pools = {"avgpool": lambda: nn.AvgPool2d(2, 2), "maxpool": lambda: nn.MaxPool2d(2, 2), "none": nn.Identity}
+        if activation not in acts or pooling not in pools:
+            raise DDBenchError(f"ConvNet activation must be one of {list(acts)} and pooling one of {list(pools)}.")
+        layers: list[nn.Module] = []
+        in_ch = channels
+        for d in range(depth):
+            pad = 3 if (d == 0 and channels == 1 and image_size == 28) else 1
+            layers += [nn.Conv2d(in_ch, width, 3, padding=pad), make_norm(norm, width, size), acts[activation]()]
+            if pooling != "none":
+                layers.append(pools[pooling]())
+                size //= 2
+            in_ch = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width * size * size, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [B, D]."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+@register_model("convnet")
+def convnet(channels: int, num_classes: int, image_size: int, **kwargs) -> nn.Module:
+    return ConvNet(channels, num_classes, image_size, **kwargs)
+
+
+@register_model("convnet_bn")
+def convnet_bn(channels: int, num_classes: int, image_size: int, **kwargs) -> nn.Module:
+    kwargs["norm"] = "batchnorm"
+    return ConvNet(channels, num_classes, image_size, **kwargs)

@@ -1,0 +1,143 @@
+"""The stages behind the CLI: load data, distill, save the artifact, evaluate, write records."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ddbench.artifact import Artifact, save_artifact
+from ddbench.cache import Cache
+from ddbench.data import Splits, load_dataset
+from ddbench.evaluation import EvalProtocol, EvalResult, evaluate_synthetic
+from ddbench.methods import create_method
+from ddbench.records import make_record, write_record
+from ddbench.utils import DDBenchError, device_name, peak_memory_bytes, resolve_device, seed_everything, stable_hash
+
+log = logging.getLogger("ddbench")
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as a plain dict with smoke settings applied (what records and artifacts store)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    if plain.get("smoke"):
+        plain["dataset"].update(plain["smoke_settings"]["dataset"])
+        plain["eval"].update(plain["smoke_settings"]["eval"])
+        plain["method"].update(plain["method"].get("smoke") or {})
+    return plain
+
+
+def pick_device(cfg: dict[str, Any]) -> torch.device:
+    """The configured device; in a multirun on a machine with several GPUs, job n takes GPU n mod count."""
+    device = resolve_device(cfg["device"])
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            job_num = HydraConfig.get().job.num or 0
+        except (ValueError, AttributeError):
+            job_num = 0
+        device = torch.device("cuda", job_num % torch.cuda.device_count())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    return device
+
+
+def load_splits(cfg: dict[str, Any], device: torch.device) -> Splits:
+    data = cfg["dataset"]
+    return load_dataset(
+        data["name"], root=data.get("root"), device=device, zca=data.get("zca", False), zca_eps=data.get("zca_eps", 0.1),
+        download=data.get("download", False), max_train_per_class=data.get("max_train_per_class"),
+        max_test_per_class=data.get("max_test_per_class"), image_size=data.get("image_size"),
+    )
+
+
+def method_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    options = {k: v for k, v in cfg["method"].items() if k not in ("name", "smoke")}
+    options.setdefault("progress", cfg.get("progress", False))
+    return options
+
+
+def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[Artifact, float]:
+    """Run the configured method; returns the artifact (not yet saved) and the wall time in seconds."""
+    seed_everything(cfg["seed"])
+    method = create_method(
+        cfg["method"]["name"], splits=splits, ipc=int(cfg["ipc"]), seed=int(cfg["seed"]), device=device,
+        options=method_options(cfg), model=cfg["model"], augment=cfg["augment"], cache=Cache(cfg["paths"]["cache"]),
+    )
+    start = time.perf_counter()
+    result = method.distill()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    info = splits.info
+    normalization: dict[str, Any] = (
+        {"kind": "zca", "eps": splits.zca.eps, "fitted_on": "train"} if splits.zca is not None
+        else {"kind": "meanstd", "mean": list(info.mean), "std": list(info.std)}
+    )
+    extras = dict(result.extras)
+    if splits.zca is not None:
+        extras.update(splits.zca.tensors())
+    meta = {
+        "dataset": info.name, "num_classes": info.num_classes, "image_shape": list(info.shape),
+        "normalization": normalization, "ipc": int(cfg["ipc"]), "method": cfg["method"]["name"],
+        "config": cfg, "seed": int(cfg["seed"]), "distill_seconds": seconds, **result.meta,
+    }
+    artifact = Artifact(result.images.detach().float().cpu(), result.labels.detach().cpu(), meta,
+                        None if result.lr is None else result.lr.detach().float().cpu(), extras)
+    return artifact, seconds
+
+
+def evaluate(cfg: dict[str, Any], artifact: Artifact, splits: Splits) -> list[EvalResult]:
+    if artifact.num_classes != splits.info.num_classes or list(artifact.images.shape[1:]) != list(splits.info.shape):
+        raise DDBenchError(
+            f"the artifact holds {artifact.num_classes} classes of shape {list(artifact.images.shape[1:])}, but dataset "
+            f"{splits.info.name} has {splits.info.num_classes} classes of shape {list(splits.info.shape)}; "
+            "evaluate it with the dataset it was distilled from (dataset=...)."
+        )
+    protocol = EvalProtocol.from_dict(cfg["eval"])
+    return evaluate_synthetic(artifact.images, artifact.labels, splits, protocol, artifact.lr, progress=cfg.get("progress", False))
+
+
+def write_results(
+    cfg: dict[str, Any], artifact: Artifact, artifact_path: Path | None, results: list[EvalResult],
+    distill_seconds: float | None, device: torch.device, command: str | None = None,
+) -> list[Path]:
+    """One record per evaluated architecture under paths.records."""
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    paths = []
+    for result in results:
+        record = make_record(
+            run_id=run_id, method=artifact.meta.get("method", cfg["method"]["name"]), dataset=cfg["dataset"]["name"],
+            ipc=int(artifact.ipc), label_type=result.label_type, protocol=cfg["eval"]["name"], eval_model=result.model,
+            accuracies=result.accuracies, seeds=result.seeds, distill_seconds=distill_seconds,
+            eval_seconds=result.seconds, peak_gpu_memory_bytes=peak_memory_bytes(device), device=device_name(device),
+            config_hash=stable_hash(cfg), config=cfg, seed=int(cfg["seed"]),
+            artifact=None if artifact_path is None else str(artifact_path), command=command,
+        )
+        paths.append(write_record(record, cfg["paths"]["records"]))
+    return paths
+
+
+def save(artifact: Artifact, cfg: dict[str, Any]) -> Path:
+    """Save the artifact under the run's output folder."""
+    return save_artifact(artifact, Path(cfg["paths"]["output"]) / "artifact")
+
+
+def summary_rows(cfg: dict[str, Any], artifact: Artifact, results: list[EvalResult]) -> str:
+    lines = []
+    for r in results:
+        lines.append(
+            f"{artifact.meta.get('method', cfg['method']['name'])} | {cfg['dataset']['name']} | ipc {artifact.ipc} | "
+            f"{cfg['eval']['name']} | {r.model} | {r.label_type} labels | {100 * r.mean:.2f} ± {100 * r.std:.2f} % "
+            f"({len(r.accuracies)} seeds, {r.seconds:.1f} s)"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,17 @@
+"""Result records (one JSON file per run and evaluation model) and the leaderboard built from them."""
+
+from ddbench.records.leaderboard import leaderboard_frame, render_csv, render_markdown
+from ddbench.records.schema import SCHEMA, SCHEMA_VERSION, make_record, validate_record
+from ddbench.records.store import read_records, write_record
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "leaderboard_frame",
+    "make_record",
+    "read_records",
+    "render_csv",
+    "render_markdown",
+    "validate_record",
+    "write_record",
+]

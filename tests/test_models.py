@@ -1,0 +1,224 @@
+"""Model zoo, registry, and the vmapped multi-model helpers. All CPU, tiny inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ddbench.models import (
+    ConvNet,
+    batched_forward,
+    create_model,
+    list_models,
+    stack_state,
+    supports_vmap_training,
+    unstack_state,
+)
+from ddbench.utils import DDBenchError
+
+SHAPES = [(1, 28, 10), (3, 32, 10), (1, 16, 10)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny CPU workloads run far faster on one thread than with intra-op threads competing for cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}ch{s[1]}px")
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_builds_and_runs(name, shape):
+    channels, size, classes = shape
+    torch.manual_seed(0)
+    try:
+        model = create_model(name, channels, classes, size)
+    except DDBenchError as err:
+        pytest.skip(f"{name} does not support {shape}: {err}")
+    model.eval()
+    seen = {}
+
+    def record(module, inputs, output):
+        seen["emb"] = inputs[0]
+
+    hook = model.classifier.register_forward_hook(record)
+    batch = 2
+    x = torch.randn(batch, channels, size, size)
+    with torch.no_grad():
+        logits = model(x)
+    hook.remove()
+    assert logits.shape == (batch, classes)
+    assert seen["emb"].dim() == 2 and seen["emb"].shape[0] == batch
+    if size == 16:  # embed itself is checked on the cheapest shape
+        with torch.no_grad():
+            emb = model.embed(x)
+        assert emb.shape == seen["emb"].shape
+        torch.testing.assert_close(model.classifier(emb), logits)
+
+
+def test_registry_lists_the_zoo():
+    names = set(list_models())
+    expected = {"convnet", "convnet_bn", "alexnet", "vgg11", "vgg11_bn", "resnet18", "resnet18_bn", "resnet18_ap",
+                "resnet18_ap_bn", "resnet18_cifar", "lenet", "mlp"}
+    assert expected <= names
+    assert list_models("resnet18*") == sorted(n for n in names if n.startswith("resnet18"))
+
+
+def test_convnet_parameter_counts():
+    assert _count(ConvNet(1, 10, 28, width=128, depth=3)) == 317_706
+    assert _count(ConvNet(3, 10, 32, width=128, depth=3)) == 320_010
+    assert _count(create_model("convnet", 1, 10, 28)) == 317_706
+
+
+def test_first_conv_padding_rule():
+    assert ConvNet(1, 10, 28, width=8).features[0].padding == (3, 3)
+    assert ConvNet(3, 10, 32, width=8).features[0].padding == (1, 1)
+    assert ConvNet(1, 10, 32, width=8).features[0].padding == (1, 1)
+    assert ConvNet(3, 10, 28, width=8).features[0].padding == (1, 1)
+    vgg = create_model("vgg11", 1, 10, 28)
+    assert vgg.features[0].padding == (3, 3)
+    assert create_model("vgg11", 3, 10, 32).features[0].padding == (1, 1)
+
+
+def test_convnet_default_depth():
+    def depth(model):
+        return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+    assert depth(ConvNet(3, 10, 32, width=8)) == 3
+    assert depth(ConvNet(3, 10, 64, width=8)) == 4
+    assert depth(ConvNet(3, 10, 128, width=8)) == 5
+    with pytest.raises(DDBenchError):
+        ConvNet(3, 10, 16, width=8, depth=6)
+
+
+def test_resnet_variants_structure():
+    ap = create_model("resnet18_ap", 3, 10, 16)
+    assert all(m.stride == (1, 1) for m in ap.modules() if isinstance(m, nn.Conv2d))
+    assert any(isinstance(m, nn.AvgPool2d) for m in ap.layer2[0].shortcut)
+    assert isinstance(ap.bn1, nn.GroupNorm)
+    assert isinstance(create_model("resnet18_ap_bn", 3, 10, 16).bn1, nn.BatchNorm2d)
+    plain = create_model("resnet18", 3, 10, 16)
+    assert plain.layer2[0].conv1.stride == (2, 2)
+    cifar = create_model("resnet18_cifar", 1, 10, 32)
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1) and cifar.conv1.in_channels == 1
+    assert isinstance(cifar.maxpool, nn.Identity)
+    assert "fc.weight" in cifar.state_dict()
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(DDBenchError, match="convnet.*resnet18"):
+        create_model("no_such_net", 3, 10, 32)
+
+
+def test_timm_model_builds_without_download(monkeypatch):
+    pytest.importorskip("timm")
+    import timm.models._builder as builder
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("tried to load pretrained weights")
+
+    monkeypatch.setattr(builder, "load_pretrained", no_weights)
+    model = create_model("timm:resnet10t", 1, 10, 32).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        logits, emb = model(x), model.embed(x)
+    assert logits.shape == (2, 10) and emb.dim() == 2 and emb.shape[0] == 2
+    torch.testing.assert_close(model.classifier(emb), logits)
+    with pytest.raises(DDBenchError, match="list_models"):
+        create_model("timm:definitely_not_a_model", 3, 10, 32)
+    with pytest.raises(DDBenchError):
+        create_model("timm:resnet10t", 3, 10, 32, pretrained=True)
+    with pytest.raises(DDBenchError, match="does not support 16px"):
+        create_model("timm:convnext_atto", 3, 10, 16)
+
+
+# ------------------------------------------------------------------------------------ functional / vmap
+
+
+def _small(name: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model(name, 3, 5, 16, width=8, depth=2)
+
+
+def test_functional_call_reproduces_forward():
+    model = _small("convnet", 0).eval()
+    x = torch.randn(4, 3, 16, 16)
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    torch.testing.assert_close(functional_call(model, (params, buffers), (x,)), model(x))
+
+
+@pytest.mark.parametrize("name", ["convnet", "convnet_bn"])
+def test_batched_forward_matches_each_model(name):
+    models = [_small(name, seed) for seed in range(3)]
+    for m in models:
+        if name == "convnet_bn":  # non-trivial running stats
+            m.train()
+            m(torch.randn(8, 3, 16, 16))
+        m.eval()
+    params, buffers = stack_state(models)
+    assert all(p.is_leaf and p.requires_grad and p.shape[0] == 3 for p in params.values())
+    template = _small(name, 99).eval()
+    x = torch.randn(3, 4, 3, 16, 16)
+    out = batched_forward(template, params, buffers, x)
+    assert out.shape == (3, 4, 5)
+    for s, m in enumerate(models):
+        torch.testing.assert_close(out[s], m(x[s]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["convnet", "convnet_bn"])
+def test_stacked_sgd_step_matches_per_model_steps(name):
+    models = [_small(name, seed) for seed in range(3)]
+    params, buffers = stack_state(models)
+    template = _small(name, 99).train()
+    assert supports_vmap_training(template)
+    x = torch.randn(3, 6, 3, 16, 16)
+    y = torch.randint(0, 5, (3, 6))
+    lr = 0.1
+
+    logits = batched_forward(template, params, buffers, x)
+    loss = sum(F.cross_entropy(logits[s], y[s]) for s in range(3))
+    grads = torch.autograd.grad(loss, list(params.values()))
+    new_params = {k: (p - lr * g).detach() for (k, p), g in zip(params.items(), grads)}
+
+    for s, m in enumerate(models):
+        m.train()
+        opt = torch.optim.SGD(m.parameters(), lr=lr)
+        opt.zero_grad()
+        F.cross_entropy(m(x[s]), y[s]).backward()
+        opt.step()
+        state = unstack_state(new_params, buffers, s)
+        for k, v in m.state_dict().items():
+            torch.testing.assert_close(state[k], v, rtol=1e-4, atol=1e-6, msg=f"seed {s}, {k}")
+
+
+def test_unstack_state_loads_into_fresh_model():
+    models = [_small("convnet_bn", seed) for seed in range(2)]
+    params, buffers = stack_state(models)
+    fresh = _small("convnet_bn", 42)
+    fresh.load_state_dict(unstack_state(params, buffers, 1), strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    fresh.eval()
+    models[1].eval()
+    torch.testing.assert_close(fresh(x), models[1](x))
+
+
+def test_stack_state_rejects_mismatched_models():
+    with pytest.raises(DDBenchError):
+        stack_state([_small("convnet", 0), create_model("convnet", 3, 5, 16, width=4, depth=2)])
+
+
+def test_supports_vmap_training_by_module_type():
+    assert supports_vmap_training(_small("convnet", 0))
+    assert supports_vmap_training(_small("convnet_bn", 0))
+    assert not supports_vmap_training(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=None)))
+    assert not supports_vmap_training(nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4)))
+    assert not supports_vmap_training(nn.LSTM(4, 4))
