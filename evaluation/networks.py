@@ -25,11 +25,15 @@ class NetworkBatch:
     elementwise, so one optimizer over stacked tensors trains every network exactly as if alone.
     """
 
-    def __init__(self, name: str, info: DatasetInfo, seeds: list[int], device: torch.device, vmap: bool = True, **kwargs: Any):
+    def __init__(
+        self, name: str, info: DatasetInfo, seeds: list[int], device: torch.device, vmap: bool | str = "auto", **kwargs: Any
+    ):
         self.name = name
         self.seeds = list(seeds)
         models = [init_model(name, info, s, **kwargs).to(device) for s in self.seeds]
-        self.vmapped = vmap and supports_vmap_training(models[0])
+        if vmap == "auto":  # vmapped convolutions pay off on GPUs; on CPUs a loop over seeds is faster
+            vmap = torch.device(device).type == "cuda"
+        self.vmapped = bool(vmap) and supports_vmap_training(models[0])
         if self.vmapped:
             self.template = models[0]
             self.params, self.buffers = stack_state(models)

@@ -32,7 +32,7 @@ class EvalProtocol:
     models: list[str] = field(default_factory=lambda: ["convnet", "alexnet", "vgg11", "resnet18_ap"])
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     test_batch_size: int = 1024
-    vmap: bool = True
+    vmap: bool | str = "auto"
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "EvalProtocol":

@@ -30,8 +30,17 @@ def run(cfg: dict[str, Any]) -> float:
     return results[0].mean
 
 
+# Overrides that say what to run; without any of them ddbench-run runs the quickstart.
+CHOICE_KEYS = {"experiment", "method", "dataset", "ipc", "eval", "model"}
+
+
+def wants_quickstart(argv: list[str]) -> bool:
+    keys = {arg.split("=", 1)[0].lstrip("+~").split(".", 1)[0] for arg in argv if "=" in arg}
+    return not keys & CHOICE_KEYS and not any(arg.startswith("-") for arg in argv)
+
+
 def main() -> Any:
-    if len(sys.argv) == 1:
+    if wants_quickstart(sys.argv[1:]):
         sys.argv.append("experiment=quickstart")
     return hydra_main(run)()
 

@@ -1,0 +1,63 @@
+"""Throughput of the shared evaluator: S seeds x E epochs of ConvNet on an IPC-10 set (dc protocol, DSA).
+
+    python benchmarks/eval_throughput.py --device cuda            # the full 5 seeds x 1000 epochs
+    python benchmarks/eval_throughput.py --device cpu --epochs 20 # a CPU sample, projected to 1000 epochs
+
+Uses Fashion-MNIST's shape (1x28x28, 10 classes) with real images when the files are present, else digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from ddbench.augment import DSA
+from ddbench.data import load_dataset
+from ddbench.evaluation import NetworkBatch, test_accuracy, train_networks
+from ddbench.utils import make_generator, resolve_device
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=None, help="default: 1000 on GPU, 20 on CPU")
+    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--model", default="convnet")
+    parser.add_argument("--vmap", default="auto", choices=["auto", "true", "false"])
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    epochs = args.epochs or (1000 if device.type == "cuda" else 20)
+    try:
+        splits = load_dataset("fashion_mnist", device=device)
+    except Exception:  # noqa: BLE001 - any missing-data error: fall back to the bundled set
+        splits = load_dataset("digits", device=device)
+    rows = splits.train.sample_per_class(args.ipc, make_generator(0, device)).flatten()
+    images, labels = splits.train.images[rows], splits.train.labels[rows]
+    vmap = {"auto": "auto", "true": True, "false": False}[args.vmap]
+
+    def one_run(n_epochs: int) -> float:
+        nets = NetworkBatch(args.model, splits.info, list(range(args.seeds)), device, vmap=vmap)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        train_networks(nets, images, labels, epochs=n_epochs, lr=0.01, batch_size=256,
+                       generator=make_generator(1, device), augment=DSA())
+        test_accuracy(nets, splits.test)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    one_run(2)  # warm-up (kernels, allocator)
+    seconds = one_run(epochs)
+    per_1000 = seconds / epochs * 1000
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
+          f"dataset: {splits.info.name}, model: {args.model}, ipc: {args.ipc}, seeds: {args.seeds}, vmap: {args.vmap}")
+    print(f"{epochs} epochs x {args.seeds} seeds: {seconds:.2f} s  ->  {args.seeds * epochs / seconds:.1f} seed-epochs/s")
+    print(f"projected 1000 epochs, all {args.seeds} seeds together: {per_1000:.2f} s ({per_1000 / args.seeds:.2f} s per seed)")
+
+
+if __name__ == "__main__":
+    main()
