@@ -38,25 +38,34 @@ def main() -> None:
     images, labels = splits.train.images[rows], splits.train.labels[rows]
     vmap = {"auto": "auto", "true": True, "false": False}[args.vmap]
 
-    def one_run(n_epochs: int) -> float:
-        nets = NetworkBatch(args.model, splits.info, list(range(args.seeds)), device, vmap=vmap)
+    def timed(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        train_networks(nets, images, labels, epochs=n_epochs, lr=0.01, batch_size=256,
-                       generator=make_generator(1, device), augment=DSA())
-        test_accuracy(nets, splits.test)
+        fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    one_run(2)  # warm-up (kernels, allocator)
-    seconds = one_run(epochs)
-    per_1000 = seconds / epochs * 1000
+    def train(nets: NetworkBatch, n_epochs: int) -> None:
+        train_networks(nets, images, labels, epochs=n_epochs, lr=0.01, batch_size=256,
+                       generator=make_generator(1, device), augment=DSA())
+
+    def fresh() -> NetworkBatch:
+        return NetworkBatch(args.model, splits.info, list(range(args.seeds)), device, vmap=vmap)
+
+    train(fresh(), 2)  # warm-up (kernels, allocator)
+    nets = fresh()
+    train_seconds = timed(lambda: train(nets, epochs))
+    test_seconds = timed(lambda: test_accuracy(nets, splits.test))
+    per_1000 = train_seconds / epochs * 1000 + test_seconds
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"dataset: {splits.info.name}, model: {args.model}, ipc: {args.ipc}, seeds: {args.seeds}, vmap: {args.vmap}")
-    print(f"{epochs} epochs x {args.seeds} seeds: {seconds:.2f} s  ->  {args.seeds * epochs / seconds:.1f} seed-epochs/s")
-    print(f"projected 1000 epochs, all {args.seeds} seeds together: {per_1000:.2f} s ({per_1000 / args.seeds:.2f} s per seed)")
+    print(f"train: {epochs} epochs x {args.seeds} seeds in {train_seconds:.2f} s -> "
+          f"{args.seeds * epochs / train_seconds:.1f} seed-epochs/s; test ({len(splits.test)} images x {args.seeds} nets): "
+          f"{test_seconds:.2f} s")
+    print(f"projected 1000 epochs + test, all {args.seeds} seeds together: {per_1000:.2f} s "
+          f"({per_1000 / args.seeds:.2f} s per seed)")
 
 
 if __name__ == "__main__":

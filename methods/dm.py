@@ -55,4 +55,4 @@ class DistributionMatching(Method):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        return DistillResult(syn.detach(), self.hard_labels(), meta={"final_loss": float(loss)})
+        return DistillResult(syn.detach(), self.hard_labels(), meta={"final_loss": float(loss.detach())})
