@@ -1,0 +1,19 @@
+"""Shared fixtures: datasets loaded once per session (tests must not modify them in place)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ddbench.data import Splits, load_dataset
+
+
+@pytest.fixture(scope="session")
+def digits() -> Splits:
+    """The full bundled digits dataset: 1437 train / 360 test images [N,1,16,16], mean/std normalized."""
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_small() -> Splits:
+    """digits cut to 30 train and 10 test images per class (the first ones of each class)."""
+    return load_dataset("digits", max_train_per_class=30, max_test_per_class=10)
