@@ -13,7 +13,7 @@ from ddbench.cache import Cache
 from ddbench.data import Splits
 from ddbench.utils import DDBenchError, make_generator
 
-BUILTIN_MODULES = ("selection", "dm")
+BUILTIN_MODULES = ("selection", "dm", "mtt", "ftd", "datm")
 
 
 @dataclass
@@ -25,6 +25,14 @@ class DistillResult:
     lr: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+class DistillDiverged(DDBenchError):
+    """A distillation diverged; ``result`` holds its last good state (the pipeline saves it as an artifact)."""
+
+    def __init__(self, message: str, result: DistillResult | None = None):
+        super().__init__(message)
+        self.result = result
 
 
 class Method(abc.ABC):

@@ -24,6 +24,7 @@ def reinitialize(model: torch.nn.Module) -> None:
 @register_method("dm")
 class DistributionMatching(Method):
     def distill(self) -> DistillResult:
+        torch.manual_seed(self.seed)  # the random embedders come from the global RNG: seed it from the run's seed
         info, train = self.info, self.splits.train
         iterations = int(self.option("iterations", 20000))
         batch_real = int(self.option("batch_real", 256))
