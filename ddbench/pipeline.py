@@ -15,7 +15,8 @@ from ddbench.artifact import Artifact, save_artifact
 from ddbench.cache import Cache
 from ddbench.data import Splits, load_dataset
 from ddbench.evaluation import EvalProtocol, EvalResult, evaluate_synthetic
-from ddbench.methods import create_method
+from ddbench.methods import DistillResult, create_method
+from ddbench.methods.base import DistillDiverged
 from ddbench.records import make_record, write_record
 from ddbench.utils import DDBenchError, device_name, peak_memory_bytes, resolve_device, seed_everything, stable_hash
 
@@ -29,9 +30,19 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     plain.pop("hydra", None)
     if plain.get("smoke"):
         plain["dataset"].update(plain["smoke_settings"]["dataset"])
-        plain["eval"].update(plain["smoke_settings"]["eval"])
-        plain["method"].update(plain["method"].get("smoke") or {})
+        _deep_update(plain["eval"], plain["smoke_settings"]["eval"])
+        _deep_update(plain["eval"], plain["eval"].get("smoke") or {})  # the protocol's own reductions
+        _deep_update(plain["method"], plain["method"].get("smoke") or {})
     return plain
+
+
+def _deep_update(target: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Merge `changes` into `target`, recursing into nested dicts (a smoke block may change one nested key)."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
 
 
 def pick_device(cfg: dict[str, Any]) -> torch.device:
@@ -74,10 +85,21 @@ def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[
         options=method_options(cfg), model=cfg["model"], augment=cfg["augment"], cache=Cache(cfg["paths"]["cache"]),
     )
     start = time.perf_counter()
-    result = method.distill()
+    try:
+        result = method.distill()
+    except DistillDiverged as err:
+        if err.result is None:
+            raise
+        partial = _artifact(cfg, splits, err.result, time.perf_counter() - start)
+        path = save_artifact(partial, Path(cfg["paths"]["output"]) / "artifact_last_good")
+        raise DDBenchError(f"{err} Last good artifact: {path}") from err
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
+    return _artifact(cfg, splits, result, seconds), seconds
+
+
+def _artifact(cfg: dict[str, Any], splits: Splits, result: DistillResult, seconds: float) -> Artifact:
     info = splits.info
     normalization: dict[str, Any] = (
         {"kind": "zca", "eps": splits.zca.eps, "fitted_on": "train"} if splits.zca is not None
@@ -91,9 +113,8 @@ def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[
         "normalization": normalization, "ipc": int(cfg["ipc"]), "method": cfg["method"]["name"],
         "config": cfg, "seed": int(cfg["seed"]), "distill_seconds": seconds, **result.meta,
     }
-    artifact = Artifact(result.images.detach().float().cpu(), result.labels.detach().cpu(), meta,
-                        None if result.lr is None else result.lr.detach().float().cpu(), extras)
-    return artifact, seconds
+    return Artifact(result.images.detach().float().cpu(), result.labels.detach().cpu(), meta,
+                    None if result.lr is None else result.lr.detach().float().cpu(), extras)
 
 
 def evaluate(cfg: dict[str, Any], artifact: Artifact, splits: Splits) -> list[EvalResult]:
@@ -104,7 +125,8 @@ def evaluate(cfg: dict[str, Any], artifact: Artifact, splits: Splits) -> list[Ev
             "evaluate it with the dataset it was distilled from (dataset=...)."
         )
     protocol = EvalProtocol.from_dict(cfg["eval"])
-    return evaluate_synthetic(artifact.images, artifact.labels, splits, protocol, artifact.lr, progress=cfg.get("progress", False))
+    return evaluate_synthetic(artifact.images, artifact.labels, splits, protocol, artifact.lr, progress=cfg.get("progress", False),
+                              cache=Cache(cfg["paths"]["cache"]), ipc=int(artifact.ipc))
 
 
 def write_results(
@@ -121,7 +143,7 @@ def write_results(
             accuracies=result.accuracies, seeds=result.seeds, distill_seconds=distill_seconds,
             eval_seconds=result.seconds, peak_gpu_memory_bytes=peak_memory_bytes(device), device=device_name(device),
             config_hash=stable_hash(cfg), config=cfg, seed=int(cfg["seed"]),
-            artifact=None if artifact_path is None else str(artifact_path), command=command,
+            artifact=None if artifact_path is None else str(artifact_path), command=command, scores=dict(result.scores),
         )
         paths.append(write_record(record, cfg["paths"]["records"]))
     return paths

@@ -1,22 +1,133 @@
-"""Evaluation protocols: the recipe a fresh network is trained with on a synthetic set."""
+"""Evaluation protocols: the recipe a fresh network is trained with on a synthetic set.
+
+Two trainer kinds share one config schema (conf/eval/*.yaml):
+
+* ``kind: dc``: the classic hard-label evaluator of DC/DSA/DM/MTT: SGD, one step decay with a momentum reset,
+  DSA; soft artifact labels are trained with soft cross-entropy at temperature 1 (DATM's evaluator).
+* ``kind: kd``: the modern recipe of SRe2L/CDA/INFER/DQ: SGD or AdamW, cosine (to 0), RandomCrop+flip on the
+  device, mixup/cutmix that also mix the targets, and soft targets from the artifact's stored logits, from a
+  teacher's static logits, or from an online teacher that relabels every augmented batch
+  (KL(softmax(t/T) || softmax(s/T)), optionally × T²).
+
+Learning rates, when a protocol chooses one (``lr_grid``), are chosen on a validation split held out of the
+training set, never on the test set; test accuracy is measured once, at the last epoch.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ddbench.utils import DDBenchError
 
+KINDS = ("dc", "kd")
+AUGMENTS = ("dsa", "crop_flip", "none")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine", "constant")
+# artifact: train on what the artifact stores (hard → CE, soft logits → soft loss);
+# hard: hard labels (argmax of stored logits if soft); stored: the artifact's soft logits (required);
+# static: stored logits if present, else the teacher's logits on the un-augmented images, computed once (INFER);
+# teacher: an online teacher (ensemble) relabels every augmented, mixed batch (SRe2L/CDA "relabel").
+LABEL_SOURCES = ("artifact", "hard", "stored", "static", "teacher")
+MIX_SPACES = ("logits", "probs")
+SCORES = ("hlr", "ior", "lrs", "ars")
+
+
+def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise DDBenchError(f"eval.{name} must be one of {', '.join(map(repr, valid))}, got {value!r}.")
+
+
+def _from_dict(cls: type, cfg: dict[str, Any] | None, where: str) -> Any:
+    cfg = dict(cfg or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise DDBenchError(f"unknown {where} option(s) {unknown}; valid options: {sorted(known)}.")
+    return cls(**cfg)
+
+
+@dataclass
+class TrainRecipe:
+    """Everything the kd trainer needs to train networks on one set (derived from a protocol or a teacher)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay_at: float = 0.5
+    lr_decay_factor: float = 0.1
+    augment: str = "crop_flip"
+    crop_padding: int = 4
+    flip: bool = True
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    mix_space: str = "logits"
+    temperature: float = 1.0
+    t2_scaling: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher (or ensemble: one member per entry of `models`) ddbench trains itself on the full real train set.
+
+    Member i is initialised and trained from seed `seed + i`; each member is cached (Cache kind "teachers") under
+    the data fingerprint, its model and this recipe.
+    """
+
+    models: list[str] = field(default_factory=lambda: ["convnet"])
+    model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: str = "crop_flip"
+    crop_padding: int = 4
+    flip: bool = True
+    seed: int = 0
+
+    def recipe(self) -> TrainRecipe:
+        return TrainRecipe(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
+            schedule=self.schedule, momentum=self.momentum, weight_decay=self.weight_decay, augment=self.augment,
+            crop_padding=self.crop_padding, flip=self.flip,
+        )
+
+
+@dataclass
+class FullDataConfig:
+    """How the full-real-data reference of HLR is trained: the protocol's hard-label recipe with these changes.
+
+    lr null = the protocol's lr (never a learned lr).
+    """
+
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float | None = None
+
 
 @dataclass
 class EvalProtocol:
-    """A named training recipe (conf/eval/*.yaml). `dc` is the shared hard-label protocol.
+    """A named training recipe (conf/eval/*.yaml). `dc` is the shared hard-label protocol, `kd` the shared soft one.
 
-    epochs is used with augmentation, epochs_no_aug without; lr is multiplied by lr_decay_factor once, at
-    int(epochs * lr_decay_at), when the momentum buffers are also reset (as the reference re-creates its SGD).
+    kind dc: epochs is used with augmentation, epochs_no_aug without; lr is multiplied by lr_decay_factor once,
+    at int(epochs * lr_decay_at), when the momentum buffers are also reset (as the reference re-creates its SGD).
+    kind kd: optimizer/schedule/augment/mixup/cutmix/temperature/label_source below; schedule cosine anneals
+    the lr per step to exactly 0 after the last step.
     """
 
     name: str = "dc"
+    kind: str = "dc"
     epochs: int = 1000
     epochs_no_aug: int = 300
     lr: float = 0.01
@@ -33,21 +144,84 @@ class EvalProtocol:
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     test_batch_size: int = 1024
     vmap: bool | str = "auto"
+    # --- kind kd
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
+    label_source: str = "artifact"
+    temperature: float = 1.0
+    t2_scaling: bool = False
+    mixup: float = 0.0  # Beta(a, a) mixing coefficient; 0 = off
+    cutmix: float = 0.0  # Beta(b, b) for the box area; 0 = off (both on: one of the two per step, 50/50)
+    mix_prob: float = 1.0  # probability that a step mixes at all
+    mix_space: str = "logits"  # stored targets under mixing: interpolate logits (INFER) or probabilities
+    crop_padding: int = 4
+    flip: bool = True
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # --- fair scores and model selection
+    scores: list[str] = field(default_factory=list)
+    score_weight: float = 0.5  # w of LRS: alpha = w*IOR - (1-w)*HLR
+    ars_weight: float = 0.5  # gamma of ARS
+    full_data: FullDataConfig = field(default_factory=FullDataConfig)
+    lr_grid: list[float] | None = None  # chosen on a validation split held out of train
+    val_fraction: float = 0.1  # per class
+    val_seed: int = 0
+    smoke: dict[str, Any] = field(default_factory=dict)  # applied by the pipeline under smoke=true
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "EvalProtocol":
+        cfg = dict(cfg)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise DDBenchError(f"unknown eval option(s) {unknown}; valid options: {sorted(known)}.")
+        cfg["teacher"] = _from_dict(TeacherConfig, cfg.get("teacher"), "eval.teacher")
+        cfg["full_data"] = _from_dict(FullDataConfig, cfg.get("full_data"), "eval.full_data")
         proto = cls(**cfg)
         proto.models = list(proto.models)
         proto.model_kwargs = {k: dict(v) for k, v in (proto.model_kwargs or {}).items()}
-        if proto.augment not in ("dsa", "none"):
-            raise DDBenchError(f"eval.augment must be 'dsa' or 'none', got {proto.augment!r}.")
-        if proto.num_seeds < 1 or not proto.models:
-            raise DDBenchError("eval.num_seeds must be >= 1 and eval.models must name at least one model.")
+        proto.teacher.models = list(proto.teacher.models)
+        proto.teacher.model_kwargs = {k: dict(v) for k, v in (proto.teacher.model_kwargs or {}).items()}
+        proto.scores = [str(s).lower() for s in (proto.scores or [])]
+        proto.lr_grid = None if proto.lr_grid is None else [float(v) for v in proto.lr_grid]
+        proto.smoke = dict(proto.smoke or {})
+        proto.validate()
         return proto
+
+    def validate(self) -> None:
+        _check_choice("kind", self.kind, KINDS)
+        if self.augment not in AUGMENTS:
+            raise DDBenchError(f"eval.augment must be 'dsa', 'crop_flip' or 'none', got {self.augment!r}.")
+        if self.kind == "dc" and self.augment == "crop_flip":
+            raise DDBenchError("eval.augment=crop_flip needs eval.kind=kd; kind dc supports 'dsa' or 'none'.")
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("label_source", self.label_source, LABEL_SOURCES)
+        _check_choice("mix_space", self.mix_space, MIX_SPACES)
+        if self.kind == "dc" and self.label_source not in ("artifact", "hard"):
+            raise DDBenchError(f"eval.label_source={self.label_source!r} needs eval.kind=kd "
+                               "(kind dc trains on the artifact's labels).")
+        if self.kind == "dc" and (self.mixup or self.cutmix):
+            raise DDBenchError("eval.mixup/eval.cutmix need eval.kind=kd.")
+        if self.num_seeds < 1 or not self.models:
+            raise DDBenchError("eval.num_seeds must be >= 1 and eval.models must name at least one model.")
+        if not self.temperature > 0:
+            raise DDBenchError(f"eval.temperature must be > 0, got {self.temperature}.")
+        if self.mixup < 0 or self.cutmix < 0 or not 0 <= self.mix_prob <= 1:
+            raise DDBenchError("eval.mixup and eval.cutmix must be >= 0 (0 = off) and eval.mix_prob in [0, 1].")
+        unknown = sorted(set(self.scores) - set(SCORES))
+        if unknown:
+            raise DDBenchError(f"unknown eval.scores {unknown}; valid scores: {', '.join(SCORES)}.")
+        if not 0 <= self.score_weight <= 1 or not 0 <= self.ars_weight <= 1:
+            raise DDBenchError("eval.score_weight and eval.ars_weight must be in [0, 1].")
+        if self.lr_grid is not None and (not self.lr_grid or any(not lr > 0 for lr in self.lr_grid)):
+            raise DDBenchError(f"eval.lr_grid must be null or a non-empty list of positive lrs, got {self.lr_grid}.")
+        if not 0 < self.val_fraction < 1:
+            raise DDBenchError(f"eval.val_fraction must be in (0, 1), got {self.val_fraction}.")
+        if not self.teacher.models:
+            raise DDBenchError("eval.teacher.models must name at least one model.")
+        _check_choice("teacher.optimizer", self.teacher.optimizer, OPTIMIZERS)
+        _check_choice("teacher.schedule", self.teacher.schedule, SCHEDULES)
+        _check_choice("teacher.augment", self.teacher.augment, AUGMENTS)
 
     @property
     def seeds(self) -> list[int]:
@@ -55,7 +229,36 @@ class EvalProtocol:
 
     @property
     def train_epochs(self) -> int:
-        return self.epochs if self.augment == "dsa" else self.epochs_no_aug
+        return self.epochs_no_aug if self.augment == "none" else self.epochs
+
+    def recipe(self, lr: float) -> TrainRecipe:
+        """The kd trainer's recipe of this protocol at learning rate `lr`."""
+        return TrainRecipe(
+            epochs=self.train_epochs, batch_size=self.batch_size, lr=lr, optimizer=self.optimizer,
+            schedule=self.schedule, momentum=self.momentum, weight_decay=self.weight_decay,
+            lr_decay_at=self.lr_decay_at, lr_decay_factor=self.lr_decay_factor, augment=self.augment,
+            crop_padding=self.crop_padding, flip=self.flip, mixup=self.mixup, cutmix=self.cutmix,
+            mix_prob=self.mix_prob, mix_space=self.mix_space, temperature=self.temperature,
+            t2_scaling=self.t2_scaling,
+        )
+
+    def hard_variant(self) -> "EvalProtocol":
+        """The same recipe trained on hard labels (no teacher, no target mixing): the "syn-hard" of HLR."""
+        return replace(self, label_source="hard", mixup=0.0, cutmix=0.0)
+
+    def without_augmentation(self) -> "EvalProtocol":
+        """The same recipe without batch augmentation or mixing, for the same number of epochs (ARS)."""
+        return replace(self, augment="none", epochs_no_aug=self.train_epochs, mixup=0.0, cutmix=0.0)
+
+    def recipe_key(self) -> dict[str, Any]:
+        """What determines a trained network's accuracy, apart from the model, the data, the lr and the seeds."""
+        out = self.to_dict()
+        for name in ("name", "models", "model_kwargs", "test_batch_size", "vmap", "scores", "score_weight",
+                     "ars_weight", "smoke", "num_seeds", "seed_base", "full_data", "learned_lr"):
+            out.pop(name, None)
+        out.pop("teacher", None)  # added by the caller when a teacher produces the targets
+        out["train_epochs"] = self.train_epochs
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -43,10 +43,13 @@ def train_networks(
 ) -> None:
     """Train every network of `nets` for `epochs` on images [N,C,H,W] with targets [N] (int64) or [N,K].
 
-    Each network draws its own data order and its own augmentation every step (DSA groups = networks); the last
-    partial batch is kept. No host synchronisation happens inside the loop.
+    images may also be [S,N,C,H,W] with targets [S,N] or [S,N,K]: one set per network (e.g. one random real
+    subset per seed). Each network draws its own data order and its own augmentation every step (DSA groups =
+    networks); the last partial batch is kept. No host synchronisation happens inside the loop.
     """
-    n_nets, n = len(nets), len(images)
+    per_net = images.dim() == 5
+    n_nets, n = len(nets), (images.shape[1] if per_net else len(images))
+    net_index = torch.arange(n_nets, device=images.device)[:, None]
     steps = math.ceil(n / batch_size)
     decay_epoch = int(epochs * lr_decay_at) if lr_decay_factor != 1 else -1
     nets.train(True)
@@ -59,10 +62,10 @@ def train_networks(
         order = torch.rand(n_nets, n, device=images.device, generator=generator).argsort(dim=1)
         for step in range(steps):
             rows = order[:, step * batch_size : (step + 1) * batch_size]  # [S,B]
-            x = images[rows]
+            x = images[net_index, rows] if per_net else images[rows]
             if augment is not None:
                 x = augment(x.flatten(0, 1), generator, groups=n_nets).view_as(x)
-            loss = classification_loss(nets(x), targets[rows])
+            loss = classification_loss(nets(x), targets[net_index, rows] if per_net else targets[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,19 +1,22 @@
 """`ddbench-leaderboard`: aggregate the result records into a leaderboard.
 
-    ddbench-leaderboard [--records DIR] [--format md|csv] [--out FILE] [--lenient]
+    ddbench-leaderboard [--records DIR] [--format md|csv|html] [--out FILE] [--lenient]
 
-Markdown goes to stdout unless --out is given (written atomically).
+Markdown goes to stdout unless --out is given (written atomically). `--format html` writes one self-contained
+page (inline CSS/JS, plots embedded); with --out the plots are also written as PNG files next to FILE.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
 from ddbench.records import leaderboard_frame, read_records, render_csv, render_markdown
+from ddbench.records.html import html_report, render_html
 from ddbench.utils import DDBenchError, atomic_write_bytes
 
 DEFAULT_RECORDS = "leaderboard/records"
@@ -22,6 +25,7 @@ DEFAULT_RECORDS = "leaderboard/records"
 FORMATS: dict[str, Callable[[pd.DataFrame], str]] = {
     "md": render_markdown,
     "csv": render_csv,
+    "html": render_html,
 }
 
 
@@ -48,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         records = read_records(args.records, strict=not args.lenient)
-        text = FORMATS[args.format](leaderboard_frame(records))
+        frame = leaderboard_frame(records)
+        if args.out and args.format == "html":  # the page, and its plots as PNG files beside it
+            out = Path(args.out)
+            text, pngs = html_report(frame, png_stem=out.stem, n_records=len(records))
+            for name, png in pngs.items():
+                atomic_write_bytes(out.parent / name, png)
+        else:
+            text = FORMATS[args.format](frame)
         if args.out:
             path = atomic_write_bytes(args.out, text.encode("utf-8"))
             print(f"wrote leaderboard of {len(records)} records to {path}", file=sys.stderr)

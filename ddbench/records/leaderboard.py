@@ -30,6 +30,9 @@ COLUMNS = CELL_KEYS + [
     "command",  # of the newest record
     "latest",  # `created` of the newest record
 ]
+# DD-Ranking's fair scores (from accuracies as fractions): mean over the records that report them, NaN when none do.
+SCORE_COLUMNS = ("hlr", "ior", "lrs", "ars")
+COLUMNS += list(SCORE_COLUMNS)
 
 MISSING_CELL = "—"
 
@@ -80,6 +83,7 @@ def leaderboard_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             git_commit=newest.get("git_commit"),
             command=newest.get("command"),
             latest=newest["created"],
+            **{name: _mean_or_nan((r.get("scores") or {}).get(name) for r in group) for name in SCORE_COLUMNS},
         )
         rows.append(row)
     rows.sort(key=_sort_key)

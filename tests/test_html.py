@@ -1,0 +1,192 @@
+"""The static HTML leaderboard: content, self-containedness, PNG plots, and sorting in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from ddbench.cli.leaderboard import main as leaderboard_main
+from ddbench.records import leaderboard_frame, make_record, write_record
+from ddbench.records.html import SORT_JS, html_report
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)")
+
+IPC10 = "t-cifar10-dc-ipc10"
+CROSS = "t-cifar10-dc-cross"
+
+
+def rec(**fields):
+    base = dict(run_id="r", method="dc", dataset="cifar10", ipc=10, label_type="hard", protocol="dc",
+                eval_model="convnet", accuracies=[0.5], seeds=[0], distill_seconds=10.0, eval_seconds=1.0,
+                peak_gpu_memory_bytes=None, device="cpu", config={}, seed=0, artifact=None, git_commit="abc",
+                versions={"ddbench": "test"})
+    base.update(fields)
+    return make_record(**base)
+
+
+def records() -> list[dict]:
+    out = []
+    table = {"random": (0.30, 0.1), "dm": (0.48, 30.0), "mtt": (0.65, None), "datm": (0.67, 900.0)}
+    for i, (method, (acc, seconds)) in enumerate(table.items()):
+        label = "soft" if method == "datm" else "hard"
+        for ipc, bump in ((1, -0.15), (10, 0.0)):
+            out.append(rec(run_id=f"{method}{ipc}", method=method, ipc=ipc, label_type=label,
+                           accuracies=[acc + bump, acc + bump + 0.01], seeds=[0, 1],
+                           distill_seconds=None if seconds is None else seconds * ipc,
+                           scores={"hlr": 0.5 - acc, "ior": acc - 0.3, "lrs": 0.3 + acc / 4}))
+            out.append(rec(run_id=f"{method}{ipc}a", method=method, ipc=ipc, label_type=label, eval_model="alexnet",
+                           accuracies=[acc + bump - 0.1], distill_seconds=None if seconds is None else seconds * ipc))
+    out.append(rec(run_id="kd1", protocol="kd", method="dm", label_type="soft", accuracies=[0.55]))
+    return out
+
+
+class Tables(HTMLParser):
+    """Rows of every <table id=...>: {id: [[cell text, ...], ...]} (header row first), plus header attributes."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.headers: dict[str, list[dict[str, str]]] = {}
+        self.tags: list[tuple[str, dict]] = []
+        self._table = self._row = self._cell = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "table" and attrs.get("id"):
+            self._table = attrs["id"]
+            self.tables[self._table] = []
+            self.headers[self._table] = []
+        elif tag == "tr" and self._table:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+            if tag == "th":
+                self.headers[self._table].append(attrs)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def column(rows: list[list[str]], title: str) -> list[str]:
+    index = rows[0].index(title)
+    return [r[index] for r in rows[1:]]
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("board")
+    for r in records():
+        write_record(r, root / "records")
+    out = root / "site" / "index.html"
+    assert leaderboard_main(["--records", str(root / "records"), "--format", "html", "--out", str(out)]) == 0
+    return out
+
+
+def test_page_is_self_contained_with_tables_and_plots(board):
+    text = board.read_text()
+    pngs = sorted(p.name for p in board.parent.glob("*.png"))
+    assert pngs == sorted(f"index_{s}_{k}.png" for s in ("cifar10-dc", "cifar10-kd") for k in ("acc_vs_ipc", "acc_vs_time"))
+    assert all((board.parent / p).read_bytes().startswith(b"\x89PNG") for p in pngs)
+    page = Tables(text)
+    # nothing is fetched: no external scripts, styles or images
+    for tag, attrs in page.tags:
+        assert not (tag == "script" and attrs.get("src")) and not (tag == "link" and attrs.get("href"))
+        if tag == "img":
+            assert attrs["src"].startswith("data:image/png;base64,")
+    assert "http://" not in text and "https://" not in text
+    assert sum(tag == "img" for tag, _ in page.tags) == 4
+    rows = page.tables[IPC10]
+    assert rows[0][:3] == ["Method", "Labels", "Accuracy (%)"] and {"HLR", "IOR", "LRS"} <= set(rows[0])
+    assert column(rows, "Method") == ["datm", "mtt", "dm", "random"]  # best first as rendered
+    assert column(rows, "Accuracy (%)") == ["67.50", "65.50", "48.50", "30.50"]
+    cross = page.tables[CROSS]
+    assert cross[0] == ["Method", "Labels", "IPC", "convnet", "alexnet", "Mean over models"]
+    assert ["dm", "hard", "10", "48.50 ± 0.50", "38.00 ± 0.00", "43.25"] in cross
+    assert page.tables["t-cifar10-kd-ipc10"][1][:3] == ["dm", "soft", "55.00"]
+
+
+def test_html_without_out_file_embeds_plots_only():
+    text, pngs = html_report(leaderboard_frame(records()))
+    assert len(pngs) == 4 and "(<a href=" not in text
+    empty, none = html_report(leaderboard_frame([]))
+    assert "No records" in empty and none == {}
+
+
+# ----------------------------------------------------------------------------------------- in Chromium
+
+
+def dump_dom(url: str, tmp_path: Path) -> str:
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000",
+               "--dump-dom", url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and ("<table" in done.stdout or "<pre" in done.stdout), done.stderr[-2000:]
+    return done.stdout
+
+
+@needs_chromium
+def test_chromium_shows_rows_and_sorts_by_header_click(board, tmp_path):
+    url = board.resolve().as_uri()
+    shown = Tables(dump_dom(url, tmp_path))
+    assert column(shown.tables[IPC10], "Method") == ["datm", "mtt", "dm", "random"]
+    assert len(shown.tables[CROSS]) == 1 + 8
+    # the hash clicks the header once: text columns sort ascending first
+    by_method = Tables(dump_dom(url + "#sort=method", tmp_path))
+    assert column(by_method.tables[IPC10], "Method") == ["datm", "dm", "mtt", "random"]
+    assert column(by_method.tables[CROSS], "Method") == sorted(column(by_method.tables[CROSS], "Method"))
+    method_header = next(h for h in by_method.headers[IPC10] if h["data-key"] == "method")
+    assert method_header["data-dir"] == "asc"
+    # numbers: ascending on request; missing values (mtt has no distillation time) stay last either way
+    ascending = Tables(dump_dom(url + "#sort=mean&dir=asc", tmp_path))
+    assert column(ascending.tables[IPC10], "Accuracy (%)") == ["30.50", "48.50", "65.50", "67.50"]
+    for direction, order in (("asc", ["random", "dm", "datm", "mtt"]), ("desc", ["datm", "dm", "random", "mtt"])):
+        timed = Tables(dump_dom(url + f"#sort=distill_seconds&dir={direction}", tmp_path))
+        assert column(timed.tables[IPC10], "Method") == order
+        assert column(timed.tables[IPC10], "Distill (s)")[-1] == "—"
+
+
+@needs_chromium
+def test_sort_functions_in_the_browser(tmp_path):
+    cases = """
+    var out = {
+      nullLastAsc: compareValues(null, 1, 1) > 0 && compareValues(1, null, 1) < 0,
+      nullLastDesc: compareValues(null, 1, -1) > 0 && compareValues(1, null, -1) < 0,
+      numAsc: sortRows([3, null, 1, 2, 1], 1),
+      numDesc: sortRows([3, null, 1, 2, 1], -1),
+      text: sortRows(['b', 'a', null, 'c'], 1),
+      parsed: [cellValue({hasAttribute: function () { return true; }, getAttribute: function () { return ' 2.5 '; }}, 'num'),
+               cellValue({hasAttribute: function () { return true; }, getAttribute: function () { return ''; }}, 'num'),
+               cellValue({hasAttribute: function () { return false; }, textContent: ' MTT '}, 'text')]
+    };
+    document.getElementById('out').textContent = JSON.stringify(out);
+    """
+    page = tmp_path / "sort.html"
+    page.write_text(f"<!DOCTYPE html><html><body><pre id=\"out\"></pre><script>{SORT_JS}</script>"
+                    f"<script>{cases}</script></body></html>")
+    dom = dump_dom(page.resolve().as_uri(), tmp_path)
+    result = json.loads(dom.split('<pre id="out">', 1)[1].split("</pre>", 1)[0].replace("&quot;", '"'))
+    assert result["nullLastAsc"] and result["nullLastDesc"]
+    assert result["numAsc"] == [2, 4, 3, 0, 1]  # stable among equal values, null last
+    assert result["numDesc"] == [0, 3, 2, 4, 1]
+    assert result["text"] == [1, 0, 3, 2]
+    assert result["parsed"] == [2.5, None, "mtt"]

@@ -1,0 +1,431 @@
+"""Named evaluation protocols: each conf/eval/*.yaml runs under smoke and trains on the loss and targets it names."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+
+import ddbench.evaluation.kd as kd
+import ddbench.evaluation.trainer as trainer
+from ddbench import pipeline
+from ddbench.cache import Cache
+from ddbench.evaluation import EvalProtocol, NetworkBatch, evaluate_synthetic
+from ddbench.evaluation import evaluate as evaluate_module
+from ddbench.evaluation.kd import kd_loss, lr_at, train_kd
+from ddbench.evaluation.protocol import TrainRecipe
+from ddbench.evaluation.selection import holdout_split
+from ddbench.evaluation.teacher import Teacher, load_teacher
+from ddbench.evaluation.transforms import cutmix_images, mix_targets, random_crop_flip
+from ddbench.models import unstack_state
+from ddbench.utils import DDBenchError, make_generator
+
+CPU = torch.device("cpu")
+EVAL_CONFIGS = sorted(p.name[:-5] for p in (importlib.resources.files("ddbench.conf") / "eval").iterdir()
+                      if p.name.endswith(".yaml"))
+CODE = 6.0  # stored logits c·e_n: sample n's logits are CODE on class n, 0 elsewhere
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tests run many tiny ops; one intra-op thread avoids waiting on a busy second core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def smoke_config():
+    """plain smoke config of an eval protocol (dataset digits), as ddbench-run would resolve it."""
+    with initialize_config_module(config_module="ddbench.conf", version_base="1.3"):
+        def resolved(name: str, *overrides: str) -> dict:
+            cfg = compose(config_name="config", overrides=[
+                f"eval={name}", "smoke=true", "dataset=digits", "method=random", "paths.output=/tmp/unused", *overrides])
+            return pipeline.resolved_config(cfg)
+
+        yield resolved
+
+
+@pytest.fixture(scope="module")
+def smoke_splits(smoke_config):
+    return pipeline.load_splits(smoke_config("dc"), CPU)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One cache for the module: the kd smoke teacher is trained once (by whichever test needs it first)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def one_per_class(splits, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = splits.train.sample_per_class(1, make_generator(seed)).flatten()
+    return splits.train.images[rows], splits.train.labels[rows]
+
+
+# ---------------------------------------------------------------------------------------- CLI end to end
+
+
+def test_ddbench_run_kd_smoke_writes_a_soft_kd_record(tmp_path, shared_cache):
+    exe = Path(sys.executable).with_name("ddbench-run")
+    command = [str(exe) if exe.exists() else "ddbench-run", "method=random", "dataset=digits", "ipc=10", "eval=kd",
+               "smoke=true", "smoke_settings.eval.num_seeds=1", "progress=false", f"paths.records={tmp_path / 'records'}", f"paths.cache={shared_cache}",
+               f"hydra.run.dir={tmp_path / 'run'}"]
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = list((tmp_path / "records").rglob("*.json"))
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert record["protocol"] == "kd" and record["label_type"] == "soft" and record["eval_model"] == "convnet"
+    assert {"hlr", "ior", "lrs"} <= set(record["scores"]) and 0 <= record["scores"]["lrs"] <= 1
+    assert "| kd | convnet | soft labels |" in done.stdout
+    assert list((shared_cache / "teachers").glob("*.safetensors")), "the teacher goes to the cache"
+
+
+# ---------------------------------------------------------------------------- every protocol, under smoke
+
+
+class Recorder:
+    """Spies on the losses, the teacher and the student inputs during a run."""
+
+    def __init__(self, monkeypatch):
+        self.kd, self.hard, self.soft_ce, self.teacher_calls, self.inputs, self.train_kwargs = [], [], [], [], [], []
+        self.recipes = []
+        real_kd, real_hard, real_ce = kd.kd_loss, kd.hard_loss, trainer.classification_loss
+        real_teacher, real_forward = Teacher.__call__, NetworkBatch.__call__
+        real_train, real_train_kd = trainer.train_networks, evaluate_module.train_kd
+
+        def kd_spy(student, target, temperature=1.0, t2_scaling=False):
+            self.kd.append((target.detach().clone(), temperature, t2_scaling))
+            return real_kd(student, target, temperature, t2_scaling)
+
+        def hard_spy(student, labels, lam=None, partner=None):
+            self.hard.append(labels.clone())
+            return real_hard(student, labels, lam, partner)
+
+        def ce_spy(logits, targets):
+            self.soft_ce.append(targets.detach().clone())
+            return real_ce(logits, targets)
+
+        def teacher_spy(teacher, x):
+            out = real_teacher(teacher, x)
+            self.teacher_calls.append((x.detach().clone(), out.detach().clone()))
+            return out
+
+        def forward_spy(nets, x):
+            if torch.is_grad_enabled():
+                self.inputs.append(x.detach().clone())
+            return real_forward(nets, x)
+
+        def train_spy(*args, **kwargs):
+            self.train_kwargs.append(kwargs)
+            return real_train(*args, **kwargs)
+
+        def train_kd_spy(nets, images, targets, recipe, *args, **kwargs):
+            self.recipes.append(recipe)
+            return real_train_kd(nets, images, targets, recipe, *args, **kwargs)
+
+        monkeypatch.setattr(kd, "kd_loss", kd_spy)
+        monkeypatch.setattr(kd, "hard_loss", hard_spy)
+        monkeypatch.setattr(trainer, "classification_loss", ce_spy)
+        monkeypatch.setattr(Teacher, "__call__", teacher_spy)
+        monkeypatch.setattr(NetworkBatch, "__call__", forward_spy)
+        monkeypatch.setattr(trainer, "train_networks", train_spy)
+        monkeypatch.setattr(evaluate_module, "train_kd", train_kd_spy)
+
+
+def check_hard_dc(rec, result, proto, artifact):
+    assert result.label_type == "hard" and proto.kind == "dc"
+    assert rec.soft_ce and all(t.dtype == torch.int64 for t in rec.soft_ce)  # cross-entropy on the hard labels
+    assert not rec.kd and not rec.teacher_calls
+    assert rec.train_kwargs[0]["augment"] is not None  # DSA
+
+
+def check_dc(rec, result, proto, artifact):
+    check_hard_dc(rec, result, proto, artifact)
+    assert result.lr == pytest.approx(0.02) and result.lr_source == "learned"  # dc takes a learned lr
+    assert rec.train_kwargs[0]["batch_size"] == 256 and rec.train_kwargs[0]["lr_decay_at"] == 0.5
+
+
+def check_mtt(rec, result, proto, artifact):
+    check_dc(rec, result, proto, artifact)
+    assert proto.models == ["convnet"]
+
+
+def check_datm(rec, result, proto, artifact):
+    assert result.label_type == "soft" and result.lr == pytest.approx(0.02) and result.lr_source == "learned"
+    stored = {tuple(row.tolist()) for row in artifact[1]}
+    assert rec.soft_ce and all(t.is_floating_point() for t in rec.soft_ce)
+    assert all(tuple(row.tolist()) in stored for t in rec.soft_ce for row in t.flatten(0, 1))  # the learned logits
+    assert rec.train_kwargs[0]["batch_size"] == 128 and not rec.kd
+
+
+def check_datadam(rec, result, proto, artifact):
+    check_hard_dc(rec, result, proto, artifact)
+    assert result.model == "convnet_bn" and result.lr == pytest.approx(0.01) and result.lr_source == "protocol"
+    assert rec.train_kwargs[0]["batch_size"] == 64
+    full = EvalProtocol.from_dict({k: v for k, v in proto.to_dict().items() if k != "smoke"} | {"epochs": 1800})
+    assert int(full.train_epochs * full.lr_decay_at) == 900
+
+
+def check_online_teacher(rec, result, proto, temperature, t2):
+    """Every kd target is the teacher's output on exactly the (augmented, mixed) batch the students see."""
+    assert result.label_type == "soft"
+    main_steps = proto.train_epochs * math.ceil(10 / proto.batch_size)  # the run on the 10 synthetic images
+    assert len(rec.kd) >= main_steps and len(rec.teacher_calls) >= main_steps and len(rec.inputs) >= main_steps
+    for (target, t, t2_flag), (x_teacher, y_teacher), x_student in list(
+            zip(rec.kd, rec.teacher_calls, rec.inputs))[:main_steps]:
+        assert t == temperature and t2_flag is t2
+        assert torch.equal(x_teacher, x_student.flatten(0, 1))
+        assert torch.equal(target, y_teacher.view_as(target))
+
+
+def check_kd(rec, result, proto, artifact):
+    check_online_teacher(rec, result, proto, 4.0, True)
+    assert {"hlr", "ior", "lrs"} <= set(result.scores)
+    assert rec.recipes[0].optimizer == "adamw" and rec.recipes[0].schedule == "cosine"
+
+
+def check_cda(rec, result, proto, artifact):
+    check_online_teacher(rec, result, proto, 30.0, False)
+    recipe = rec.recipes[0]
+    assert recipe.mixup == 0.8 and recipe.optimizer == "adamw" and recipe.augment == "crop_flip"
+    assert recipe.lr == pytest.approx(1e-3) and recipe.weight_decay == pytest.approx(0.01)
+
+
+def check_infer(rec, result, proto, artifact):
+    assert result.label_type == "soft" and not rec.teacher_calls  # static: no online relabelling
+    recipe = rec.recipes[0]
+    assert recipe.mixup == 0.8 and recipe.mix_space == "logits" and recipe.batch_size == 64
+    mixed = 0
+    for target, t, t2 in rec.kd:
+        assert t == 30.0 and t2 is False
+        for per_net in target:  # each row is lam·z_i + (1 − lam)·z_j, one lam per network and step
+            assert torch.all(per_net >= -1e-6) and torch.allclose(per_net.sum(-1), torch.full((len(per_net),), CODE))
+            pairs = set()
+            for row in per_net:
+                values = sorted(v / CODE for v in row.tolist() if abs(v) > 1e-6)
+                assert len(values) in (1, 2)  # two stored rows interpolated (one when j = i)
+                if len(values) == 2:
+                    pairs.add(round(values[0], 5))
+            assert len(pairs) <= 1
+            mixed += len(pairs)
+    assert mixed > 0
+
+
+def check_dq(rec, result, proto, artifact):
+    assert result.label_type == "hard" and not rec.kd and rec.hard
+    assert all(labels.dtype == torch.int64 for labels in rec.hard)
+    recipe = rec.recipes[0]
+    assert recipe.optimizer == "sgd" and recipe.schedule == "cosine" and recipe.lr == pytest.approx(0.1)
+    assert recipe.augment == "crop_flip" and recipe.batch_size == 128
+
+
+CHECKS = {"dc": check_dc, "quick": check_dc, "mtt": check_mtt, "datm": check_datm, "datadam": check_datadam,
+          "kd": check_kd, "cda": check_cda, "infer": check_infer, "dq": check_dq}
+
+
+class CodeTeacher:
+    """A stand-in teacher for static labels: logits CODE·e_n for the n-th image it is asked about."""
+
+    def __init__(self, images):
+        self.images = images
+        self.asked = 0
+
+    def logits(self, images):
+        assert torch.equal(images, self.images), "static labels are computed on the un-augmented images"
+        self.asked += 1
+        return torch.eye(len(images)) * CODE
+
+    def __call__(self, x):
+        raise AssertionError("a static-label protocol must not relabel batches online")
+
+
+def test_every_eval_config_has_a_check():
+    assert set(EVAL_CONFIGS) == set(CHECKS), "add a check for each protocol in conf/eval"
+
+
+@pytest.mark.parametrize("name", EVAL_CONFIGS)
+def test_protocol_runs_under_smoke_with_its_loss_and_targets(name, smoke_config, smoke_splits, shared_cache,
+                                                              monkeypatch):
+    cfg = smoke_config(name)
+    assert cfg["eval"]["name"] == name and cfg["eval"]["num_seeds"] == 2 and cfg["eval"]["epochs"] == 10
+    assert cfg["eval"]["teacher"]["epochs"] == 2 and cfg["eval"]["full_data"]["epochs"] == 1
+    proto = EvalProtocol.from_dict(cfg["eval"])
+    images, labels = one_per_class(smoke_splits)
+    lr = None
+    if name == "datm":
+        labels = torch.randn(len(labels), 10, generator=make_generator(3)) + 4 * F.one_hot(labels, 10)
+    if name in ("dc", "quick", "mtt", "datm"):
+        lr = torch.tensor(0.02)
+    if name == "infer":
+        fake = CodeTeacher(images)
+        monkeypatch.setattr(evaluate_module, "load_teacher", lambda *args, **kwargs: fake)
+    if proto.kind == "kd" and proto.label_source == "teacher":  # train (or load) it before spying on the run
+        load_teacher(proto.teacher, smoke_splits, CPU, Cache(shared_cache))
+    rec = Recorder(monkeypatch)
+    results = evaluate_synthetic(images, labels, smoke_splits, proto, lr, cache=Cache(shared_cache), ipc=1)
+    assert len(results) == 1 and results[0].protocol == name
+    assert len(results[0].accuracies) == 2 and all(0 <= a <= 1 for a in results[0].accuracies)
+    CHECKS[name](rec, results[0], proto, (images, labels))
+    if name == "infer":
+        assert fake.asked == 1
+
+
+def test_stored_label_source_needs_soft_labels(smoke_splits):
+    proto = EvalProtocol.from_dict({"kind": "kd", "label_source": "stored", "models": ["mlp"], "num_seeds": 1})
+    images, labels = one_per_class(smoke_splits)
+    with pytest.raises(DDBenchError, match="label_source=static"):
+        evaluate_synthetic(images, labels, smoke_splits, proto)
+    with pytest.raises(DDBenchError, match="kind=kd"):
+        EvalProtocol.from_dict({"label_source": "teacher"})
+
+
+# ------------------------------------------------------------------------------------------ the pieces
+
+
+def test_kl_with_t2_scaling_matches_a_hand_computation():
+    student = torch.tensor([[[1.0, 2.0, 0.5]]])
+    target = torch.tensor([[[2.0, 0.0, 1.0]]])
+    T = 2.0
+    p = torch.softmax(target[0, 0] / T, -1)  # teacher distribution
+    log_q = torch.log_softmax(student[0, 0] / T, -1)
+    by_hand = float((p * (p.log() - log_q)).sum())
+    # the same with plain arithmetic: p = softmax([1, 0, 0.5]), q = softmax([0.5, 1, 0.25])
+    ep = [math.exp(v) for v in (1.0, 0.0, 0.5)]
+    eq = [math.exp(v) for v in (0.5, 1.0, 0.25)]
+    pp = [v / sum(ep) for v in ep]
+    qq = [v / sum(eq) for v in eq]
+    arithmetic = sum(a * math.log(a / b) for a, b in zip(pp, qq))
+    assert by_hand == pytest.approx(arithmetic, rel=1e-6)
+    assert float(kd_loss(student, target, T, t2_scaling=False)) == pytest.approx(arithmetic, rel=1e-5)
+    assert float(kd_loss(student, target, T, t2_scaling=True)) == pytest.approx(4 * arithmetic, rel=1e-5)
+    # batch mean per network, summed over networks; zero when the student equals the teacher
+    two = torch.cat([student, target]).expand(2, 2, 3).clone()
+    assert float(kd_loss(two, torch.stack([target[0], target[0]]).expand(2, 2, 3), T)) == pytest.approx(
+        arithmetic, rel=1e-5)
+    assert float(kd_loss(target, target, 3.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_interpolated_targets_are_the_mix_of_stored_logits():
+    z = torch.randn(2, 4, 5, generator=make_generator(0))  # [S, B, K]
+    lam = torch.tensor([0.3, 0.9])
+    perm = torch.tensor([[1, 0, 3, 2], [2, 3, 0, 1]])
+    mixed = mix_targets(z, lam, perm, "logits")
+    for s in range(2):
+        for i in range(4):
+            expect = lam[s] * z[s, i] + (1 - lam[s]) * z[s, perm[s, i]]
+            assert torch.allclose(mixed[s, i], expect, atol=1e-6)
+    probs = mix_targets(z, lam, perm, "probs", temperature=2.0)
+    want = lam[0] * (z[0, 0] / 2).softmax(-1) + (1 - lam[0]) * (z[0, 1] / 2).softmax(-1)
+    assert torch.allclose((probs[0, 0] / 2).softmax(-1), want, atol=1e-6)
+
+
+def test_crop_flip_cutmix_and_cosine():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6) + 1
+    a = random_crop_flip(x, make_generator(5), padding=2)
+    b = random_crop_flip(x, make_generator(5), padding=2)
+    assert torch.equal(a, b) and a.shape == x.shape  # seeded from the generator
+    for n in range(2):  # every output is a shifted (maybe mirrored) window of the zero-padded input
+        padded = F.pad(x[n], (2, 2, 2, 2))
+        windows = [padded[:, dy:dy + 6, dx:dx + 6] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(a[n], w) or torch.equal(a[n], w.flip(-1)) for w in windows)
+    outs = torch.stack([random_crop_flip(x, make_generator(s), padding=2) for s in range(20)])
+    assert len({tuple(o[0].flatten().tolist()) for o in outs}) > 5  # parameters vary per draw
+    imgs = torch.zeros(2, 3, 1, 8, 8)
+    imgs[:, 1] = 1.0
+    perm = torch.tensor([[1, 2, 0], [1, 2, 0]])
+    mixed, lam = cutmix_images(imgs, torch.tensor([0.75, 1.0]), perm, make_generator(0))
+    pasted = (mixed[0, 0] == 1).float().mean()  # sample 0 got a box of sample 1 (all ones)
+    assert float(lam[0]) == pytest.approx(1 - float(pasted)) and float(lam[1]) == 1.0
+    assert torch.equal(mixed[1], imgs[1])
+    recipe = TrainRecipe(epochs=4, batch_size=8, lr=0.2, schedule="cosine")
+    assert lr_at(recipe, 0, 40, 10) == pytest.approx(0.2)
+    assert lr_at(recipe, 20, 40, 10) == pytest.approx(0.1)
+    assert lr_at(recipe, 40, 40, 10) == pytest.approx(0.0, abs=1e-12)  # a real cosine, to 0
+    step = TrainRecipe(epochs=4, batch_size=8, lr=0.2, schedule="step", lr_decay_at=0.5, lr_decay_factor=0.1)
+    assert [lr_at(step, k, 40, 10) for k in (19, 20)] == pytest.approx([0.2, 0.02])
+
+
+def test_kd_trainer_lock_step_equals_one_network_at_a_time(smoke_splits):
+    images, labels = one_per_class(smoke_splits)
+    logits = torch.randn(len(labels), 10, generator=make_generator(1))
+    # SGD: elementwise and smooth in the gradient, so lock-step and one-by-one agree to float precision
+    # (AdamW's normalisation would magnify the last-bit differences of vmapped convolutions).
+    recipe = TrainRecipe(epochs=3, batch_size=4, lr=0.05, optimizer="sgd", schedule="cosine", augment="crop_flip",
+                         mixup=0.8, temperature=4.0)
+    states = {}
+    for vmap in (True, False):
+        nets = NetworkBatch("convnet", smoke_splits.info, [0, 1], CPU, vmap=vmap, width=8)
+        train_kd(nets, images, logits, recipe, make_generator(7))
+        states[vmap] = [unstack_state(nets.params, nets.buffers, i) for i in range(2)] if vmap else [
+            m.state_dict() for m in nets.models]
+    for a, b in zip(states[True], states[False]):
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_kd_against_a_strong_teacher_beats_hard_labels(digits, tmp_path):
+    """One image per class: an online teacher trained on all of digits carries far more than the 10 hard labels."""
+    images, labels = one_per_class(digits)
+    common = dict(name="kd-test", kind="kd", optimizer="adamw", lr=3e-3, weight_decay=0.01, schedule="cosine",
+                  epochs=100, batch_size=64, augment="crop_flip", crop_padding=2, flip=False, num_seeds=2,
+                  models=["mlp"], model_kwargs={"mlp": {"width": 64}},
+                  teacher=dict(models=["mlp"], model_kwargs={"mlp": {"width": 128}}, epochs=20, batch_size=64,
+                               lr=0.05, augment="crop_flip", crop_padding=2, flip=False))
+    cache = Cache(tmp_path)
+    hard = evaluate_synthetic(images, labels, digits, EvalProtocol.from_dict(common | {"label_source": "hard"}),
+                              cache=cache)[0]
+    soft = evaluate_synthetic(images, labels, digits, EvalProtocol.from_dict(
+        common | {"label_source": "teacher", "temperature": 4.0, "t2_scaling": True}), cache=cache)[0]
+    assert hard.label_type == "hard" and soft.label_type == "soft"
+    assert soft.mean > hard.mean + 0.05, (soft.accuracies, hard.accuracies)
+
+
+# ------------------------------------------------------------------------- choices on validation, not test
+
+
+def test_holdout_split_is_disjoint_and_per_class(digits_small):
+    rest, val = holdout_split(digits_small.train, 0.1, seed=0)
+    assert val.counts.tolist() == [3] * 10 and rest.counts.tolist() == [27] * 10
+    seen = {tuple(r.flatten().tolist()) for r in rest.images}
+    assert not any(tuple(v.flatten().tolist()) in seen for v in val.images)
+    again = holdout_split(digits_small.train, 0.1, seed=0)[1]
+    assert torch.equal(again.images, val.images)
+
+
+def test_lr_grid_is_chosen_on_validation_and_the_test_split_is_read_once(digits_small, monkeypatch):
+    images, labels = one_per_class(digits_small)
+    grid = [0.001, 0.05, 0.01]
+    proto = EvalProtocol.from_dict(dict(epochs=2, epochs_no_aug=2, augment="none", num_seeds=2, models=["mlp", "lenet"],
+                                        model_kwargs={"mlp": {"width": 16}}, lr_grid=grid, learned_lr=True))
+    calls = []
+    fake_val = iter([0.2, 0.9, 0.5, 0.6, 0.1, 0.3])  # per grid lr, for mlp then lenet: picks 0.05, then 0.001
+    real = trainer.test_accuracy
+
+    def spy(nets, split, batch_size=1024):
+        is_test = split is digits_small.test
+        calls.append(("test" if is_test else "val", nets.name))
+        if is_test:
+            return real(nets, split, batch_size)
+        assert not torch.equal(split.images, digits_small.test.images)
+        return torch.full((len(nets),), next(fake_val))
+
+    monkeypatch.setattr(trainer, "test_accuracy", spy)
+    results = evaluate_synthetic(images, labels, digits_small, proto)
+    assert [r.lr for r in results] == [0.05, 0.001] and {r.lr_source for r in results} == {"grid"}
+    assert calls == [("val", "mlp")] * 3 + [("test", "mlp")] + [("val", "lenet")] * 3 + [("test", "lenet")]
+    # a learned lr, when the protocol takes it, needs no selection at all
+    calls.clear()
+    learned = evaluate_synthetic(images, labels, digits_small, proto.__class__.from_dict(
+        proto.to_dict() | {"models": ["mlp"]}), learned_lr=torch.tensor(0.02))
+    assert learned[0].lr == pytest.approx(0.02) and calls == [("test", "mlp")]
