@@ -23,8 +23,11 @@ from ddbench.utils import DDBenchError, device_name, peak_memory_bytes, resolve_
 log = logging.getLogger("ddbench")
 
 
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run's config as a plain dict with smoke settings applied (what records and artifacts store)."""
+def resolved_config(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The run's config as a plain dict with smoke settings applied (what records and artifacts store).
+
+    Keys the user set on the command line (`overrides`, default: Hydra's task overrides) win over smoke settings.
+    """
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
@@ -33,7 +36,27 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
         _deep_update(plain["eval"], plain["smoke_settings"]["eval"])
         _deep_update(plain["eval"], plain["eval"].get("smoke") or {})  # the protocol's own reductions
         _deep_update(plain["method"], plain["method"].get("smoke") or {})
+        for key in _user_set_keys(overrides):
+            value = OmegaConf.select(cfg, key)
+            value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            _set_path(plain, key.split("."), value)
     return plain
+
+
+def _user_set_keys(overrides: list[str] | None) -> list[str]:
+    """Dotted keys inside dataset/eval/method that the command line set (e.g. `eval.epochs=30`)."""
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    return [k for k in keys if "." in k and k.split(".", 1)[0] in ("dataset", "eval", "method")]
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = value
 
 
 def _deep_update(target: dict[str, Any], changes: dict[str, Any]) -> None:

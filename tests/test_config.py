@@ -191,3 +191,15 @@ def test_wants_quickstart(argv, expected):
     assert wants_quickstart(argv) is expected
 
 
+
+
+def test_command_line_keys_win_over_smoke_settings(hydra_compose):
+    from ddbench.pipeline import resolved_config
+
+    overrides = ["smoke=true", "eval.epochs=7", "method=dm", "method.iterations=3"]
+    cfg = hydra_compose(*overrides)
+    plain = resolved_config(cfg, overrides)
+    assert plain["eval"]["epochs"] == 7  # the user's value, not smoke_settings.eval.epochs
+    assert plain["method"]["iterations"] == 3  # the user's value, not the method's smoke block
+    assert plain["eval"]["num_seeds"] == cfg.smoke_settings.eval.num_seeds  # untouched keys still shrink
+    assert resolved_config(cfg, [])["eval"]["epochs"] == cfg.smoke_settings.eval.epochs
