@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ddbench.data import Splits, load_dataset
 
@@ -17,3 +18,12 @@ def digits() -> Splits:
 def digits_small() -> Splits:
     """digits cut to 30 train and 10 test images per class (the first ones of each class)."""
     return load_dataset("digits", max_train_per_class=30, max_test_per_class=10)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of many tiny ops: on a small, busy CPU a second thread only adds waiting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,13 +22,8 @@ from ddbench.utils import DDBenchError
 SHAPES = [(1, 28, 10), (3, 32, 10), (1, 16, 10)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CPU workloads run far faster on one thread than with intra-op threads competing for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _count(model: nn.Module) -> int:

@@ -35,13 +35,8 @@ EVAL_CONFIGS = sorted(p.name[:-5] for p in (importlib.resources.files("ddbench.c
 CODE = 6.0  # stored logits c·e_n: sample n's logits are CODE on class n, 0 elsewhere
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests run many tiny ops; one intra-op thread avoids waiting on a busy second core."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,8 @@ TINY_MODEL = {"name": "convnet", "width": 8, "depth": 2}
 TINY_EXPERTS = {"num_experts": 2, "epochs": 2, "batch_size": 50, "parallel": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These problems are tiny: intra-op threads gain nothing and slow them down a lot on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
