@@ -15,7 +15,7 @@ import torch
 
 from ddbench.augment import DSA
 from ddbench.data import load_dataset
-from ddbench.evaluation import NetworkBatch, test_accuracy, train_networks
+from ddbench.training import NetworkBatch, test_accuracy, train_networks
 from ddbench.utils import make_generator, resolve_device
 
 

@@ -18,13 +18,13 @@ import torch
 from ddbench.augment import DSA
 from ddbench.cache import Cache
 from ddbench.data import ClassTensors, Splits
-from ddbench.evaluation import trainer
-from ddbench.evaluation.kd import train_kd
-from ddbench.evaluation.networks import NetworkBatch
+from ddbench.training import trainer
+from ddbench.training.kd import train_kd
+from ddbench.training.networks import NetworkBatch
 from ddbench.evaluation.protocol import EvalProtocol
 from ddbench.evaluation.scores import seed_scores
 from ddbench.evaluation.selection import best_lr, holdout_split
-from ddbench.evaluation.teacher import Teacher, load_teacher
+from ddbench.training.teacher import Teacher, load_teacher
 from ddbench.utils import DDBenchError, make_generator, stable_hash
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Evaluator:
         return self._val
 
     def fingerprint(self) -> dict[str, Any]:
-        from ddbench.methods.embedding import data_fingerprint
+        from ddbench.training.embedding import data_fingerprint
 
         return data_fingerprint(self.splits)
 

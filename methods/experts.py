@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ddbench.augment import DSA, DSADraw, DSAParams
 from ddbench.cache import Cache
 from ddbench.data import Splits
-from ddbench.methods.embedding import data_fingerprint
+from ddbench.training.embedding import data_fingerprint
 from ddbench.utils import DDBenchError, make_generator, stable_hash
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class FlatModel:
 
 
 def build_template(model_cfg: dict[str, Any], splits: Splits, seed: int = 0) -> nn.Module:
-    from ddbench.evaluation.networks import init_model
+    from ddbench.training.networks import init_model
 
     kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
     return init_model(model_cfg["name"], splits.info, seed, **kwargs)

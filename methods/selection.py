@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ddbench.methods.base import DistillResult, Method, register_method
-from ddbench.methods.embedding import train_embeddings
+from ddbench.training.embedding import train_embeddings
 
 
 @register_method("random")

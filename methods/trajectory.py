@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ddbench.augment import DSA, DSADraw
 from ddbench.methods.base import DistillDiverged, DistillResult, Method
-from ddbench.methods.embedding import data_fingerprint
+from ddbench.training.embedding import data_fingerprint
 from ddbench.methods.experts import ExpertSpec, FlatModel, build_template, load_or_train_experts
 from ddbench.utils import DDBenchError
 

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from ddbench.augment import DSA
-from ddbench.evaluation import EvalProtocol, NetworkBatch, evaluate_synthetic, train_networks
-from ddbench.evaluation import test_accuracy as accuracy_of  # not named test_* here, or pytest collects it
-from ddbench.evaluation.trainer import classification_loss
+from ddbench.evaluation import EvalProtocol, evaluate_synthetic
+from ddbench.training import NetworkBatch, train_networks
+from ddbench.training import test_accuracy as accuracy_of  # not named test_* here, or pytest collects it
+from ddbench.training.trainer import classification_loss
 from ddbench.models import unstack_state
 from ddbench.utils import DDBenchError, make_generator
 

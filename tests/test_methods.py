@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ddbench.methods.embedding as embedding
+import ddbench.training.embedding as embedding
 from ddbench.cache import Cache
 from ddbench.methods import DistillResult, create_method, list_methods
-from ddbench.methods.embedding import train_embeddings
+from ddbench.training.embedding import train_embeddings
 from ddbench.models import create_model
 from ddbench.utils import DDBenchError
 

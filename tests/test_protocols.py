@@ -15,17 +15,18 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-import ddbench.evaluation.kd as kd
-import ddbench.evaluation.trainer as trainer
+import ddbench.training.kd as kd
+import ddbench.training.trainer as trainer
 from ddbench import pipeline
 from ddbench.cache import Cache
-from ddbench.evaluation import EvalProtocol, NetworkBatch, evaluate_synthetic
+from ddbench.evaluation import EvalProtocol, evaluate_synthetic
+from ddbench.training import NetworkBatch
 from ddbench.evaluation import evaluate as evaluate_module
-from ddbench.evaluation.kd import kd_loss, lr_at, train_kd
-from ddbench.evaluation.protocol import TrainRecipe
+from ddbench.training.kd import kd_loss, lr_at, train_kd
+from ddbench.training.recipe import TrainRecipe
 from ddbench.evaluation.selection import holdout_split
-from ddbench.evaluation.teacher import Teacher, load_teacher
-from ddbench.evaluation.transforms import cutmix_images, mix_targets, random_crop_flip
+from ddbench.training.teacher import Teacher, load_teacher
+from ddbench.training.transforms import cutmix_images, mix_targets, random_crop_flip
 from ddbench.models import unstack_state
 from ddbench.utils import DDBenchError, make_generator
 

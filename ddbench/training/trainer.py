@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ddbench.augment import DSA
 from ddbench.data import ClassTensors
-from ddbench.evaluation.networks import NetworkBatch
+from ddbench.training.networks import NetworkBatch
 
 
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ import torch
 
 from ddbench.cache import Cache
 from ddbench.data import Splits
-from ddbench.evaluation.networks import NetworkBatch
-from ddbench.evaluation.trainer import train_networks
+from ddbench.training.networks import NetworkBatch
+from ddbench.training.trainer import train_networks
 from ddbench.utils import make_generator
 
 

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ddbench.augment import DSA
-from ddbench.evaluation.networks import NetworkBatch
-from ddbench.evaluation.protocol import TrainRecipe
-from ddbench.evaluation.transforms import (
+from ddbench.training.networks import NetworkBatch
+from ddbench.training.recipe import TrainRecipe
+from ddbench.training.transforms import (
     cutmix_images,
     mix_permutation,
     mix_targets,

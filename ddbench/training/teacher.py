@@ -10,9 +10,9 @@ from torch import nn
 
 from ddbench.cache import Cache
 from ddbench.data import Splits
-from ddbench.evaluation.kd import train_kd
-from ddbench.evaluation.networks import NetworkBatch, init_model
-from ddbench.evaluation.protocol import TeacherConfig
+from ddbench.training.kd import train_kd
+from ddbench.training.networks import NetworkBatch, init_model
+from ddbench.training.recipe import TeacherConfig
 from ddbench.utils import DDBenchError, make_generator, stable_hash
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Teacher:
 
 
 def teacher_key(cfg: TeacherConfig, splits: Splits, index: int) -> dict[str, Any]:
-    from ddbench.methods.embedding import data_fingerprint
+    from ddbench.training.embedding import data_fingerprint
 
     name = cfg.models[index]
     return {
