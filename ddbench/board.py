@@ -266,7 +266,8 @@ def run_board(
     """Run the board's missing cells in order (all with rerun=True); print progress and an ETA.
 
     max_minutes: start no cell once the elapsed time plus the expected time of that cell would pass it (the
-    expected time of a cell is the mean time of the cells already run by this call, or of this method's).
+    expected time of a cell is the mean time of the cells already run by this call, or of this method's), and stop
+    a cell still running when the budget ends (its cached experts, teachers and checkpoints let it resume).
     """
     todo, _ = cells(board)
     if only is not None:
@@ -289,7 +290,11 @@ def run_board(
                  f"{len(pending) - index} cell(s) left; run the same command again to go on")
             break
         echo(f"[{index + 1}/{len(pending)}] {cell.label} ...")
-        outcome = runner(cell, records, output_root, extra, timeout=board.cell_timeout, log_dir=log_dir)
+        timeout = board.cell_timeout
+        if max_minutes is not None:  # a cell still running at the budget's end is stopped (it resumes next time)
+            left_s = max(1.0, 60 * max_minutes - elapsed)
+            timeout = left_s if timeout is None else min(timeout, left_s)
+        outcome = runner(cell, records, output_root, extra, timeout=timeout, log_dir=log_dir)
         outcomes.append(outcome)
         if outcome.status == "done":
             took.setdefault(cell.method, []).append(outcome.seconds)

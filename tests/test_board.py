@@ -246,3 +246,19 @@ def test_cli_rejects_bad_filters(tmp_path, capsys):
     assert board_main(["digits", "--records", str(tmp_path), "--only", "method=dm", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert listed and all(" dm ipc" in line for line in listed)
+
+
+def test_the_time_budget_bounds_the_running_cell():
+    board = small_board(cell_timeout=1000.0)
+    timeouts = []
+
+    def runner(cell, *args, timeout=None, **kwargs):
+        timeouts.append(timeout)
+        return CellOutcome(cell, "done", 1.0)
+
+    run_board(board, "/x", read=lambda: [], runner=runner, echo=lambda s: None, max_minutes=2,
+              only=lambda c: c.label == "random ipc1 dc")
+    assert 100 < timeouts[0] <= 120
+    run_board(board, "/x", read=lambda: [], runner=runner, echo=lambda s: None,
+              only=lambda c: c.label == "random ipc1 dc")
+    assert timeouts[1] == 1000.0
