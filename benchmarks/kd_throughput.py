@@ -22,6 +22,7 @@ from ddbench.cache import Cache
 from ddbench.data import load_dataset
 from ddbench.evaluation import EvalProtocol, Evaluator
 from ddbench.utils import make_generator, resolve_device
+from report import emit
 
 
 def load_any(names: list[str], device: torch.device, root: str | None):
@@ -92,6 +93,10 @@ def main() -> None:
           f"mean accuracy {100 * sum(acc) / len(acc):.1f} %")
     print(f"projected {args.project} epochs + test, all {args.seeds} seeds: "
           f"{train_seconds / epochs * args.project + test_seconds:.1f} s")
+    emit("evaluation (kd, online teacher)", "train throughput", args.seeds * epochs / train_seconds, "seed-epochs/s",
+         device)
+    emit("teacher training", f"convnet, {proto.teacher.epochs} epochs on {splits.info.name}", teacher_seconds, "s",
+         device)
 
 
 if __name__ == "__main__":

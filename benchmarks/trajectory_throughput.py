@@ -25,6 +25,7 @@ from ddbench.data import load_dataset
 from ddbench.methods.experts import ExpertSpec, make_dsa, train_expert_group
 from ddbench.methods.mtt import MTT
 from ddbench.utils import resolve_device
+from report import emit
 
 
 def sync(device: torch.device) -> None:
@@ -83,6 +84,8 @@ def main() -> None:
     print(f"experts ({args.optimizer}): {n_experts} experts x {epochs} epochs ({steps} steps of 256) in {seconds:.2f} s "
           f"-> {per:.3f} s per expert-epoch amortised; x {50000 / len(splits.train):.1f} for a 50k-image epoch "
           f"= {per * 50000 / len(splits.train):.3f} s", flush=True)
+    emit(f"experts ({args.optimizer})", f"per expert-epoch, 50k images, width {width}",
+         per * 50000 / len(splits.train), "s", device, "<= 0.3 s on an H100")
 
     # ---------------------------------------------------------------- MTT iterations
     options = {
@@ -111,6 +114,8 @@ def main() -> None:
     memory = f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if gpu else ""
     print(f"mtt ({args.unroll}): ipc {args.ipc}, N={syn_steps}, batch_syn full: {iterations} iterations in {seconds:.2f} s "
           f"-> {1000 * seconds / iterations:.1f} ms per iteration{memory}")
+    emit(f"mtt step ({args.unroll})", f"IPC {args.ipc}, N={syn_steps}, width {width}", 1000 * seconds / iterations,
+         "ms", device, "<= 50 ms at N=30 on an H100")
 
 
 if __name__ == "__main__":

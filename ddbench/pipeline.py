@@ -53,6 +53,27 @@ def _user_set_keys(overrides: list[str] | None) -> list[str]:
     return [k for k in keys if "." in k and k.split(".", 1)[0] in ("dataset", "eval", "method")]
 
 
+# Command-line keys that cut a protocol's or a dataset's budget: a run that sets any of them is "shortened", and
+# its records stay off the default leaderboard.
+BUDGET_KEYS = (
+    "eval.epochs", "eval.epochs_no_aug", "eval.num_seeds", "eval.teacher.epochs", "eval.full_data",
+    "eval.full_data.epochs", "dataset.max_train_per_class", "dataset.max_test_per_class",
+)
+
+
+def shortened_settings(cfg: dict[str, Any], overrides: list[str] | None = None) -> str | None:
+    """What cut this run's budget (`smoke=true`, `eval.epochs=30`, ...), or None for a full-protocol run."""
+    cuts = ["smoke=true"] if cfg.get("smoke") else []
+    for key in _user_set_keys(overrides):
+        if key in BUDGET_KEYS:
+            value = key.split(".")
+            found: Any = cfg
+            for part in value:
+                found = found.get(part) if isinstance(found, dict) else None
+            cuts.append(f"{key}={found}")
+    return ", ".join(cuts) or None
+
+
 def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
     for part in path[:-1]:
         target = target.setdefault(part, {})
@@ -167,6 +188,7 @@ def write_results(
             eval_seconds=result.seconds, peak_gpu_memory_bytes=peak_memory_bytes(device), device=device_name(device),
             config_hash=stable_hash(cfg), config=cfg, seed=int(cfg["seed"]),
             artifact=None if artifact_path is None else str(artifact_path), command=command, scores=dict(result.scores),
+            shortened=shortened_settings(cfg),
         )
         paths.append(write_record(record, cfg["paths"]["records"]))
     return paths

@@ -45,12 +45,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it for longer than an instant)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the file from other readers
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -312,11 +312,16 @@ def test_sweep_writes_one_record_per_job_and_the_leaderboard_shows_them(runs):
     assert len(list((sweep.root / "cache" / "embeddings").glob("*.safetensors"))) == 1
     assert "reusing cached embeddings" in sweep.stdout + sweep.stderr
 
-    board = subprocess.run([tool_path("ddbench-leaderboard"), "--records", str(sweep.records), "--format", "csv"],
+    # smoke runs are marked shortened: off the default board, shown labelled on request
+    assert all(r["shortened"] and "smoke=true" in r["shortened"] for r in records)
+    board = subprocess.run([tool_path("ddbench-leaderboard"), "--records", str(sweep.records), "--format", "csv",
+                            "--include-shortened"],
                            cwd=sweep.root, env=sweep.env, capture_output=True, text=True, timeout=TIMEOUT)
     assert board.returncode == 0, board.stderr
     frame = pd.read_csv(io.StringIO(board.stdout))
-    assert sorted(zip(frame["method"], frame["ipc"])) == sorted((m, ipc) for m in BASELINES for ipc in (1, 10))
+    assert frame["method"].str.contains(r"\[smoke=true").all()
+    methods = frame["method"].str.split(" ").str[0]
+    assert sorted(zip(methods, frame["ipc"])) == sorted((m, ipc) for m in BASELINES for ipc in (1, 10))
     assert set(frame["dataset"]) == {"digits"} and (frame["n_seeds"] == 1).all()
 
 

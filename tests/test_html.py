@@ -17,7 +17,8 @@ from ddbench.records.html import SORT_JS, html_report
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)")
 
-IPC10 = "t-cifar10-dc-ipc10"
+MAIN = "t-cifar10-dc-main"
+DETAIL = "t-cifar10-dc-detail"
 CROSS = "t-cifar10-dc-cross"
 
 
@@ -114,14 +115,20 @@ def test_page_is_self_contained_with_tables_and_plots(board):
             assert attrs["src"].startswith("data:image/png;base64,")
     assert "http://" not in text and "https://" not in text
     assert sum(tag == "img" for tag, _ in page.tags) == 4
-    rows = page.tables[IPC10]
-    assert rows[0][:3] == ["Method", "Labels", "Accuracy (%)"] and {"HLR", "IOR", "LRS"} <= set(rows[0])
-    assert column(rows, "Method") == ["datm", "mtt", "dm", "random"]  # best first as rendered
-    assert column(rows, "Accuracy (%)") == ["67.50", "65.50", "48.50", "30.50"]
+    main = page.tables[MAIN]  # methods as rows, IPCs as columns, as papers print them
+    assert main[0] == ["Method", "Labels", "IPC 1", "IPC 10"]
+    assert main[1:] == [["datm", "soft", "52.50 ± 0.50", "67.50 ± 0.50"], ["dm", "hard", "33.50 ± 0.50", "48.50 ± 0.50"],
+                        ["mtt", "hard", "50.50 ± 0.50", "65.50 ± 0.50"], ["random", "hard", "15.50 ± 0.50", "30.50 ± 0.50"]]
+    titles = [a.get("title", "") for tag, a in page.tags if tag == "td" and "title" in a]
+    assert any("2 seeds" in t and "commit abc" in t and "command:" in t for t in titles)
+    rows = page.tables[DETAIL]
+    assert rows[0][:4] == ["Method", "Labels", "IPC", "Accuracy (%)"] and {"HLR", "IOR", "LRS"} <= set(rows[0])
+    assert column(rows, "Method") == ["datm", "mtt", "dm", "random"] * 2  # per IPC, best first as rendered
+    assert column(rows, "Accuracy (%)")[4:] == ["67.50", "65.50", "48.50", "30.50"]
     cross = page.tables[CROSS]
     assert cross[0] == ["Method", "Labels", "IPC", "convnet", "alexnet", "Mean over models"]
     assert ["dm", "hard", "10", "48.50 ± 0.50", "38.00 ± 0.00", "43.25"] in cross
-    assert page.tables["t-cifar10-kd-ipc10"][1][:3] == ["dm", "soft", "55.00"]
+    assert page.tables["t-cifar10-kd-main"][1] == ["dm", "soft", "55.00 ± 0.00"]
 
 
 def test_html_without_out_file_embeds_plots_only():
@@ -148,21 +155,23 @@ def dump_dom(url: str, tmp_path: Path) -> str:
 def test_chromium_shows_rows_and_sorts_by_header_click(board, tmp_path):
     url = board.resolve().as_uri()
     shown = Tables(dump_dom(url, tmp_path))
-    assert column(shown.tables[IPC10], "Method") == ["datm", "mtt", "dm", "random"]
-    assert len(shown.tables[CROSS]) == 1 + 8
-    # the hash clicks the header once: text columns sort ascending first
+    assert column(shown.tables[DETAIL], "Method") == ["datm", "mtt", "dm", "random"] * 2
+    assert len(shown.tables[CROSS]) == 1 + 8 and len(shown.tables[MAIN]) == 1 + 4
+    # the hash clicks the header once: text columns sort ascending first (stable: IPC 1 before IPC 10)
     by_method = Tables(dump_dom(url + "#sort=method", tmp_path))
-    assert column(by_method.tables[IPC10], "Method") == ["datm", "dm", "mtt", "random"]
+    assert column(by_method.tables[DETAIL], "Method") == ["datm", "datm", "dm", "dm", "mtt", "mtt", "random", "random"]
     assert column(by_method.tables[CROSS], "Method") == sorted(column(by_method.tables[CROSS], "Method"))
-    method_header = next(h for h in by_method.headers[IPC10] if h["data-key"] == "method")
+    method_header = next(h for h in by_method.headers[DETAIL] if h["data-key"] == "method")
     assert method_header["data-dir"] == "asc"
     # numbers: ascending on request; missing values (mtt has no distillation time) stay last either way
     ascending = Tables(dump_dom(url + "#sort=mean&dir=asc", tmp_path))
-    assert column(ascending.tables[IPC10], "Accuracy (%)") == ["30.50", "48.50", "65.50", "67.50"]
-    for direction, order in (("asc", ["random", "dm", "datm", "mtt"]), ("desc", ["datm", "dm", "random", "mtt"])):
+    assert column(ascending.tables[DETAIL], "Accuracy (%)") == [
+        "15.50", "30.50", "33.50", "48.50", "50.50", "52.50", "65.50", "67.50"]
+    for direction, order in (("asc", ["random", "random", "dm", "dm", "datm", "datm", "mtt", "mtt"]),
+                             ("desc", ["datm", "datm", "dm", "dm", "random", "random", "mtt", "mtt"])):
         timed = Tables(dump_dom(url + f"#sort=distill_seconds&dir={direction}", tmp_path))
-        assert column(timed.tables[IPC10], "Method") == order
-        assert column(timed.tables[IPC10], "Distill (s)")[-1] == "—"
+        assert column(timed.tables[DETAIL], "Method") == order
+        assert column(timed.tables[DETAIL], "Distill (s)")[-1] == "—"
 
 
 @needs_chromium

@@ -250,3 +250,29 @@ def test_cli_missing_folder_exits_2_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "paths.records=DIR" in err
     assert "Traceback" not in err
+
+
+def test_shortened_runs_stay_off_the_default_board_and_show_labelled_on_request(tmp_path, capsys):
+    write_record(rec(run_id="full", accuracies=[0.5, 0.5, 0.5]), tmp_path / "records")
+    write_record(rec(run_id="smoke", method="dm", shortened="smoke=true"), tmp_path / "records")
+    assert leaderboard_main(["--records", str(tmp_path / "records")]) == 0
+    out = capsys.readouterr().out
+    assert "| dc |" in out and "dm" not in out
+    assert leaderboard_main(["--records", str(tmp_path / "records"), "--include-shortened"]) == 0
+    assert "| dm [smoke=true] |" in capsys.readouterr().out
+    with pytest.raises(DDBenchError, match="shortened"):
+        rec(shortened=3)
+
+
+def test_shortened_settings_name_what_cut_the_budget():
+    from ddbench.pipeline import shortened_settings
+
+    cfg = {"smoke": False, "eval": {"epochs": 30, "num_seeds": 5, "models": ["convnet"]}, "dataset": {}}
+    assert shortened_settings(cfg, ["method=dm", "eval.models=[convnet]"]) is None  # fewer models: not a cut
+    assert shortened_settings(cfg, ["eval.epochs=30"]) == "eval.epochs=30"
+    assert shortened_settings(dict(cfg, smoke=True), ["eval.epochs=30"]) == "smoke=true, eval.epochs=30"
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    path = write_record(rec(), tmp_path / "records")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~__import__("ddbench.utils").utils.current_umask()

@@ -1,6 +1,6 @@
 """`ddbench-leaderboard`: aggregate the result records into a leaderboard.
 
-    ddbench-leaderboard [--records DIR] [--format md|csv|html] [--out FILE] [--lenient]
+    ddbench-leaderboard [--records DIR] [--format md|csv|html] [--out FILE] [--lenient] [--include-shortened]
 
 Markdown goes to stdout unless --out is given (written atomically). `--format html` writes one self-contained
 page (inline CSS/JS, plots embedded); with --out the plots are also written as PNG files next to FILE.
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lenient", action="store_true", help="skip unreadable or invalid records with a warning instead of failing"
     )
+    parser.add_argument(
+        "--include-shortened", action="store_true",
+        help="also show runs with smoke=true or a protocol budget cut on the command line, labelled as such",
+    )
     return parser
 
 
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         records = read_records(args.records, strict=not args.lenient)
-        frame = leaderboard_frame(records)
+        frame = leaderboard_frame(records, include_shortened=args.include_shortened)
         if args.out and args.format == "html":  # the page, and its plots as PNG files beside it
             out = Path(args.out)
             text, pngs = html_report(frame, png_stem=out.stem, n_records=len(records))

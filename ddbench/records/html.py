@@ -1,8 +1,9 @@
 """A self-contained static HTML leaderboard: sortable tables, a cross-architecture table and plots.
 
 The page has no external resources (inline CSS and JavaScript, PNG plots embedded as base64). Per
-(dataset, protocol): one table per IPC on the primary evaluation model (ConvNet when present), a
-cross-architecture table, accuracy vs IPC per method, and accuracy vs distillation time.
+(dataset, protocol): a method × IPC table on the primary evaluation model (ConvNet when present; hover a number
+for its seeds, times, git commit and command), a detail table, a cross-architecture table, accuracy vs IPC per
+method, and accuracy vs distillation time.
 
 Sorting: clicking a column header sorts its table (numbers descending first, text ascending first; a second
 click reverses; empty cells always last; ties keep the previous order). A URL hash `#sort=<column key>`
@@ -157,15 +158,55 @@ def _primary_model(section: pd.DataFrame) -> str:
     return str(max(models, key=lambda m: (counts[m], -models.index(m))))
 
 
-def _ipc_table(table_id: str, rows: pd.DataFrame) -> str:
-    columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text"), _Col("mean", "Accuracy (%)"),
-               _Col("std", "± std (%)"), _Col("n_seeds", "Seeds")]
+def _provenance(r: Any) -> str:
+    """Hover text of a number: seeds, times, the git commit and the exact command behind it."""
+    parts = [f"{int(r.n_seeds)} seeds, {int(r.n_runs)} run(s)"]
+    if _finite(r.distill_seconds):
+        parts.append(f"distill {r.distill_seconds:.1f} s")
+    if _finite(r.eval_seconds):
+        parts.append(f"eval {r.eval_seconds:.1f} s")
+    parts.append(f"commit {r.git_commit or 'unknown'}")
+    parts.append(f"command: {r.command or 'unknown'}")
+    return " · ".join(parts)
+
+
+def _titled(cell: str, title: str) -> str:
+    return cell.replace("<td", f'<td title="{html.escape(title)}"', 1)
+
+
+def _method_ipc_table(table_id: str, rows: pd.DataFrame) -> str:
+    """Methods (× label type) as rows, IPCs as columns, as papers print them; hover shows the provenance."""
+    ipcs = sorted({int(i) for i in rows["ipc"]})
+    columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text")]
+    columns += [_Col(f"ipc{ipc}", f"IPC {ipc}") for ipc in ipcs]
+    found = {(r.method, r.label_type, int(r.ipc)): r for r in rows.itertuples()}
+    keys = sorted({(r.method, r.label_type) for r in rows.itertuples()}, key=lambda k: (k[0].lower(), k[0], k[1]))
+    out = []
+    for method, labels in keys:
+        cells = [_cell(method, "text"), _cell(labels, "text")]
+        for ipc in ipcs:
+            r = found.get((method, labels, ipc))
+            if r is None:
+                cells.append(_cell(None, "num"))
+            else:
+                text = f"{r.mean * 100:.2f} ± {r.std * 100:.2f}"
+                cells.append(_titled(_cell(r.mean * 100, "num", text), _provenance(r)))
+        out.append(cells)
+    return _table(table_id, columns, out)
+
+
+def _detail_table(table_id: str, rows: pd.DataFrame) -> str:
+    """One row per (method, labels, IPC): accuracy, seeds, scores, times, runs and the commit."""
+    columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text"), _Col("ipc", "IPC"),
+               _Col("mean", "Accuracy (%)"), _Col("std", "± std (%)"), _Col("n_seeds", "Seeds")]
     present_scores = [s for s in SCORE_COLUMNS if rows[s].notna().any()]
     columns += [_Col(s, s.upper()) for s in present_scores]
-    columns += [_Col("distill_seconds", "Distill (s)"), _Col("eval_seconds", "Eval (s)"), _Col("n_runs", "Runs")]
+    columns += [_Col("distill_seconds", "Distill (s)"), _Col("eval_seconds", "Eval (s)"), _Col("n_runs", "Runs"),
+                _Col("git_commit", "Commit", "text")]
     out = []
-    for r in rows.sort_values("mean", ascending=False, kind="stable").itertuples():
-        cells = [_cell(r.method, "text"), _cell(r.label_type, "text"),
+    for r in rows.sort_values(["ipc", "mean"], ascending=[True, False], kind="stable").itertuples():
+        cells = [_titled(_cell(r.method, "text"), _provenance(r)), _cell(r.label_type, "text"),
+                 _cell(r.ipc, "num", str(int(r.ipc))),
                  _cell(r.mean * 100, "num", f"{r.mean * 100:.2f}"), _cell(r.std * 100, "num", f"{r.std * 100:.2f}"),
                  _cell(r.n_seeds, "num", str(int(r.n_seeds)))]
         for s in present_scores:
@@ -173,7 +214,7 @@ def _ipc_table(table_id: str, rows: pd.DataFrame) -> str:
             cells.append(_cell(value, "num", f"{value:.4f}" if _finite(value) else None))
         cells += [_cell(r.distill_seconds, "num", f"{r.distill_seconds:.1f}" if _finite(r.distill_seconds) else None),
                   _cell(r.eval_seconds, "num", f"{r.eval_seconds:.1f}" if _finite(r.eval_seconds) else None),
-                  _cell(r.n_runs, "num", str(int(r.n_runs)))]
+                  _cell(r.n_runs, "num", str(int(r.n_runs))), _cell(str(r.git_commit or "")[:10], "text")]
         out.append(cells)
     return _table(table_id, columns, out)
 
@@ -269,10 +310,11 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         parts.append(f'<section id="{slug("sec", dataset, protocol)}">')
         parts.append(f"<h2>{html.escape(dataset)} · protocol <code>{html.escape(protocol)}</code></h2>")
         parts.append(f'<p class="meta">Test accuracy of <b>{html.escape(model)}</b> trained on the distilled data: '
-                     "mean ± population std over all seeds of all runs, last epoch. Click a column header to sort.</p>")
-        for ipc in sorted({int(i) for i in primary["ipc"]}):
-            parts.append(f"<h3>IPC {ipc}</h3>")
-            parts.append(_ipc_table(slug("t", dataset, protocol, f"ipc{ipc}"), primary[primary["ipc"] == ipc]))
+                     "mean ± population std over all seeds of all runs, last epoch. Hover a number for its seeds, times, git "
+                     "commit and command; click a column header to sort.</p>")
+        parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary))
+        parts.append("<h3>Details</h3>")
+        parts.append(_detail_table(slug("t", dataset, protocol, "detail"), primary))
         parts.append("<h3>Cross-architecture</h3>")
         parts.append('<p class="meta">Accuracy (%) per evaluation model; the mean is over models, for complete rows.</p>')
         parts.append(_cross_table(slug("t", dataset, protocol, "cross"), section))

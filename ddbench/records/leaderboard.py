@@ -60,11 +60,23 @@ def _mean_or_nan(values: Iterable[float | None]) -> float:
     return math.fsum(present) / len(present) if present else math.nan
 
 
-def leaderboard_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per (dataset, protocol, label_type, method, ipc, eval_model); see COLUMNS."""
+def shown_method(record: dict[str, Any]) -> str:
+    """The method's name as the leaderboard shows it: shortened runs are labelled with what was shortened."""
+    shortened = record.get("shortened")
+    return f"{record['method']} [{shortened}]" if shortened else record["method"]
+
+
+def leaderboard_frame(records: Iterable[dict[str, Any]], include_shortened: bool = False) -> pd.DataFrame:
+    """One row per (dataset, protocol, label_type, method, ipc, eval_model); see COLUMNS.
+
+    Records of shortened runs (smoke=true, or a protocol's budget cut on the command line) are left out unless
+    `include_shortened`, and then shown as their own rows, labelled `method [what was shortened]`.
+    """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for record in records:
-        key = tuple(record[k] for k in CELL_KEYS)
+        if record.get("shortened") and not include_shortened:
+            continue
+        key = tuple(shown_method(record) if k == "method" else record[k] for k in CELL_KEYS)
         groups.setdefault(key, []).append(record)
 
     rows = []
@@ -117,24 +129,43 @@ def _method_rows(section: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: (p[0].lower(), p[0], p[1]))
 
 
-def _main_table(section: pd.DataFrame) -> str:
+def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None) -> str:
     convnet = section[section["eval_model"].str.lower() == DEFAULT_EVAL_MODEL]
     if convnet.empty:
         return f"_No results evaluated on {DEFAULT_EVAL_MODEL_TITLE} ({DEFAULT_EVAL_MODEL}) yet._"
-    ipcs = sorted({int(i) for i in convnet["ipc"]})
+    na = not_applicable or {}
+    ipcs = sorted({int(i) for i in convnet["ipc"]} | {ipc for _, ipc in na})
     cells = {
         (r.method, r.label_type, int(r.ipc)): format_cell(r.mean, r.std, r.n_seeds) for r in convnet.itertuples()
     }
+    methods = _method_rows(convnet)
     rows = [
-        [method, labels] + [cells.get((method, labels, ipc), MISSING_CELL) for ipc in ipcs]
-        for method, labels in _method_rows(convnet)
+        [method, labels] + [cells.get((method, labels, ipc), "n/a" if (method, ipc) in na else MISSING_CELL)
+                            for ipc in ipcs]
+        for method, labels in methods
     ]
+    times = {
+        (r.method, r.label_type, int(r.ipc)): _seconds(r.distill_seconds) + " + " + _seconds(r.eval_seconds)
+        for r in convnet.itertuples()
+    }
+    time_rows = [[method, labels] + [times.get((method, labels, ipc), MISSING_CELL) for ipc in ipcs]
+                 for method, labels in methods]
     header = ["Method", "Labels"] + [f"IPC {ipc}" for ipc in ipcs]
     caption = (
         f"Test accuracy (%) of {DEFAULT_EVAL_MODEL_TITLE} trained on the distilled data: "
         "mean ± std (population, ddof=0) over all seeds of all runs; n = seeds."
     )
-    return caption + "\n\n" + _table(header, rows, n_labels=2)
+    notes = [f"n/a: {method} at IPC {ipc}: {why}" for (method, ipc), why in sorted(na.items())
+             if method in {m for m, _ in methods}]
+    text = caption + "\n\n" + _table(header, rows, n_labels=2)
+    if notes:
+        text += "\n\n" + "\n".join(f"- {_escape(n)}" for n in notes)
+    text += "\n\nSeconds per cell (distill + evaluate, mean over runs):\n\n" + _table(header, time_rows, n_labels=2)
+    return text
+
+
+def _seconds(value: float) -> str:
+    return MISSING_CELL if value is None or not math.isfinite(value) else f"{value:.0f}"
 
 
 def _cross_table(section: pd.DataFrame) -> str:
@@ -156,9 +187,11 @@ def _cross_table(section: pd.DataFrame) -> str:
     return caption + "\n\n" + _table(header, rows, n_labels=3)
 
 
-def render_markdown(frame: pd.DataFrame) -> str:
-    """Per (dataset, protocol): a method × IPC table on ConvNet, then a cross-architecture table."""
-    parts = ["# ddbench leaderboard"]
+def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, int], str] | None = None,
+                    title: str = "# ddbench leaderboard") -> str:
+    """Per (dataset, protocol): a method × IPC table on ConvNet (with seconds per cell), then a cross-architecture
+    table. not_applicable: (dataset, method, ipc) → why that cell is invalid (shown as n/a)."""
+    parts = [title]
     if frame.empty:
         parts.append("_No records._")
         return "\n\n".join(parts) + "\n"
@@ -168,7 +201,8 @@ def render_markdown(frame: pd.DataFrame) -> str:
     for dataset, protocol in sections:
         section = frame[(frame["dataset"] == dataset) & (frame["protocol"] == protocol)]
         parts.append(f"## {_escape(dataset)} · protocol `{_escape(protocol)}`")
-        parts.append(_main_table(section))
+        na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
+        parts.append(_main_table(section, na))
         parts.append(_cross_table(section))
     return "\n\n".join(parts) + "\n"
 

@@ -59,10 +59,14 @@ SCHEMA: dict[str, Field] = {
     "seed": Field((int,), True, "the run's seed, an int"),
     "scores": Field((dict,), False, "extra named scores, an object (default {})"),
     "command": Field((str, NoneType), False, "the command line that reproduces the run, or null"),
+    "shortened": Field(
+        (str, NoneType), False,
+        "null for a full-protocol run, else what was cut (e.g. 'smoke=true' or 'eval.epochs=30'), a string",
+    ),
 }
 
 # Defaults of the optional fields (copied per record).
-OPTIONAL_DEFAULTS: dict[str, Any] = {"scores": {}, "command": None}
+OPTIONAL_DEFAULTS: dict[str, Any] = {"scores": {}, "command": None, "shortened": None}
 
 _NON_EMPTY = ("run_id", "method", "dataset", "protocol", "eval_model", "device", "config_hash")
 

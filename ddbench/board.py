@@ -1,0 +1,368 @@
+"""Boards: a named grid of (method, IPC, protocol) cells on one dataset, run cell by cell and resumable.
+
+A board is a YAML file in `conf/board/` (or any path): the dataset, the methods (each with its own command-line
+overrides, protocols and IPCs when they differ from the board's), the IPCs, the protocols, the evaluation
+architectures, and the cells a method's spec makes invalid (`not_applicable`, shown as n/a in the tables).
+
+Every cell is one `ddbench-run` command. Its id is a hash of that command's arguments, and the command carries
+`board.name=` and `board.cell=`, so the cell's records name it: a cell is done when the records folder holds a
+record with its id for every evaluation architecture. Rerunning a board therefore runs only the
+cells that are missing (a killed or time-limited run resumes where it stopped); changing a cell's settings gives it
+a new id, so it runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from ddbench.utils import DDBenchError, stable_hash
+
+# Arguments that say where results go, not what a cell computes (left out of the cell id).
+_PLACEMENT_KEYS = ("paths.records", "paths.cache", "board.name", "board.cell", "hydra.run.dir", "progress", "device")
+
+
+@dataclass
+class MethodEntry:
+    """One method's row of a board: extra overrides, and protocols/IPCs when they differ from the board's."""
+
+    overrides: list[str] = field(default_factory=list)
+    protocols: list[str] | None = None
+    ipcs: list[int] | None = None
+
+
+@dataclass
+class Board:
+    name: str
+    dataset: str
+    methods: dict[str, MethodEntry]
+    ipcs: list[int]
+    protocols: list[str] = field(default_factory=lambda: ["dc"])
+    eval_models: list[str] | None = None  # null = the protocol's own list
+    overrides: list[str] = field(default_factory=list)  # passed to every cell
+    not_applicable: dict[str, dict[int, str]] = field(default_factory=dict)  # method → ipc → why
+    description: str = ""
+    cell_timeout: float | None = None  # seconds; a cell running longer is stopped and listed as failed
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str) -> "Board":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DDBenchError(f"board {source}: unknown key(s) {unknown}; valid keys: {sorted(known)}.")
+        missing = [k for k in ("name", "dataset", "methods", "ipcs") if not data.get(k)]
+        if missing:
+            raise DDBenchError(f"board {source}: missing {missing}; a board names its dataset, methods and ipcs.")
+        methods = {}
+        for method, entry in (data["methods"] or {}).items():
+            entry = dict(entry or {})
+            bad = sorted(set(entry) - {f.name for f in dataclasses.fields(MethodEntry)})
+            if bad:
+                raise DDBenchError(f"board {source}: method {method!r} has unknown key(s) {bad}; "
+                                   "valid keys: overrides, protocols, ipcs.")
+            methods[str(method)] = MethodEntry(
+                overrides=[str(o) for o in entry.get("overrides") or []],
+                protocols=None if entry.get("protocols") is None else [str(p) for p in entry["protocols"]],
+                ipcs=None if entry.get("ipcs") is None else [int(i) for i in entry["ipcs"]],
+            )
+        fields_ = {k: v for k, v in data.items() if k != "methods"}
+        board = cls(methods=methods, **fields_)
+        board.ipcs = [int(i) for i in board.ipcs]
+        board.protocols = [str(p) for p in board.protocols]
+        board.not_applicable = {str(m): {int(i): str(why) for i, why in (v or {}).items()}
+                                for m, v in (board.not_applicable or {}).items()}
+        return board
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (method, ipc, protocol) of a board; `args` are its ddbench-run arguments (without placement)."""
+
+    board: str
+    method: str
+    ipc: int
+    protocol: str
+    args: tuple[str, ...]
+    eval_models: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return stable_hash(["board-cell", self.board, list(self.args)], 12)
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} ipc{self.ipc} {self.protocol}"
+
+    def command(self, records: str | Path, output_root: str | Path, extra: Iterable[str] = ()) -> list[str]:
+        """The full ddbench-run argument list: the cell's args plus where its records and artifact go."""
+        run_dir = Path(output_root) / self.board / f"{self.method}_ipc{self.ipc}_{self.protocol}_{self.id}"
+        return [*self.args, f"board.name={self.board}", f"board.cell={self.id}", f"paths.records={records}",
+                f"hydra.run.dir={run_dir}", "progress=false", *extra]
+
+
+def available_boards() -> list[str]:
+    folder = resources.files("ddbench.conf") / "board"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_board(name_or_path: str) -> Board:
+    """A board by name (conf/board/NAME.yaml) or by the path of a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise DDBenchError(f"board file {path} does not exist.")
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        resource = resources.files("ddbench.conf") / "board" / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise DDBenchError(f"unknown board {name_or_path!r}; valid boards: {', '.join(available_boards())} "
+                               "(or give the path of a board YAML file).")
+        text, source = resource.read_text(encoding="utf-8"), f"conf/board/{name_or_path}.yaml"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise DDBenchError(f"board {source} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise DDBenchError(f"board {source} must be a mapping of keys (name, dataset, methods, ipcs, ...).")
+    return Board.from_dict(data, source)
+
+
+def protocol_models(protocol: str) -> list[str]:
+    """The evaluation architectures a protocol YAML names (following its `defaults:` chain)."""
+    folder = resources.files("ddbench.conf") / "eval"
+    resource = folder / f"{protocol}.yaml"
+    if not resource.is_file():
+        names = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        raise DDBenchError(f"unknown protocol {protocol!r} in the board; valid protocols: {', '.join(names)}.")
+    data = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
+    if "models" in data:
+        return [str(m) for m in data["models"]]
+    for parent in data.get("defaults") or []:
+        if isinstance(parent, str) and parent != "_self_":
+            return protocol_models(parent)
+    return []
+
+
+def cells(board: Board) -> tuple[list[Cell], list[tuple[str, int, str, str]]]:
+    """(cells to run, not-applicable (method, ipc, protocol, why)) in board order: IPC, then method order."""
+    todo, skipped = [], []
+    for ipc in board.ipcs:
+        for method, entry in board.methods.items():
+            if entry.ipcs is not None and ipc not in entry.ipcs:
+                continue
+            for protocol in entry.protocols or board.protocols:
+                why = board.not_applicable.get(method, {}).get(ipc)
+                if why:
+                    skipped.append((method, ipc, protocol, why))
+                    continue
+                models = protocol_models(protocol)  # also checks that the protocol exists
+                models = board.eval_models or models
+                args = [f"method={method}", f"dataset={board.dataset}", f"ipc={ipc}", f"eval={protocol}"]
+                if board.eval_models:
+                    args.append("eval.models=[" + ",".join(board.eval_models) + "]")
+                args += [*board.overrides, *entry.overrides]
+                todo.append(Cell(board.name, method, ipc, protocol, tuple(args), tuple(models)))
+    return todo, skipped
+
+
+def finished_cells(records: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """cell id → the evaluation architectures with a record for it (the id names the cell's exact arguments)."""
+    done: dict[str, set[str]] = {}
+    for record in records:
+        cell = ((record.get("config") or {}).get("board") or {}).get("cell")
+        if cell:
+            done.setdefault(str(cell), set()).add(record["eval_model"])
+    return done
+
+
+def cell_seconds(records: list[dict[str, Any]], cell_id: str) -> float:
+    """Distill + eval seconds of a finished cell (the eval seconds of all its architectures)."""
+    mine = [r for r in records if ((r.get("config") or {}).get("board") or {}).get("cell") == cell_id]
+    if not mine:
+        return 0.0
+    return float(max(r.get("distill_seconds") or 0.0 for r in mine) + sum(r["eval_seconds"] for r in mine))
+
+
+@dataclass
+class CellOutcome:
+    cell: Cell
+    status: str  # done | skipped | failed
+    seconds: float = 0.0
+    error: str = ""
+
+
+def run_command() -> list[str]:
+    """How to start ddbench-run from this interpreter: its console script when installed beside it."""
+    script = Path(sys.executable).parent / "ddbench-run"
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("ddbench-run")
+    return [found] if found else [sys.executable, "-m", "ddbench.cli.run"]
+
+
+def last_error(text: str) -> str:
+    """The `error: ...` line of a failed run's output (else its last non-empty line)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or "Error" in line.split(":", 1)[0]]
+    return (errors or lines or ["(no output)"])[-1][:500]
+
+
+def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: Iterable[str] = (),
+             timeout: float | None = None, log_dir: Path | None = None) -> CellOutcome:
+    """Run one cell as its own ddbench-run process; its output goes to `log_dir/<cell>.log`."""
+    argv = run_command() + cell.command(records, output_root, extra)
+    start = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        output, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as err:
+        output = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        output += f"\nerror: the cell ran longer than its timeout of {timeout:g} s and was stopped."
+        code = -1
+    seconds = time.perf_counter() - start
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / f"{cell.method}_ipc{cell.ipc}_{cell.protocol}_{cell.id}.log").write_text(
+            " ".join(argv) + "\n\n" + output, encoding="utf-8")
+    if code != 0:
+        return CellOutcome(cell, "failed", seconds, last_error(output))
+    return CellOutcome(cell, "done", seconds)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def run_board(
+    board: Board,
+    records: str | Path,
+    *,
+    read: Callable[[], list[dict[str, Any]]],
+    output_root: str | Path = "outputs/board",
+    rerun: bool = False,
+    max_minutes: float | None = None,
+    only: Callable[[Cell], bool] | None = None,
+    extra: Iterable[str] = (),
+    log_dir: Path | None = None,
+    echo: Callable[[str], None] = print,
+    runner: Callable[..., CellOutcome] = run_cell,
+) -> list[CellOutcome]:
+    """Run the board's missing cells in order (all with rerun=True); print progress and an ETA.
+
+    max_minutes: start no cell once the elapsed time plus the expected time of that cell would pass it (the
+    expected time of a cell is the mean time of the cells already run by this call, or of this method's), and stop
+    a cell still running when the budget ends (its cached experts, teachers and checkpoints let it resume).
+    """
+    todo, _ = cells(board)
+    if only is not None:
+        todo = [c for c in todo if only(c)]
+    done = finished_cells(read())
+    pending = [c for c in todo if rerun or not set(c.eval_models) <= done.get(c.id, set())]
+    outcomes = [CellOutcome(c, "skipped") for c in todo if c not in pending]
+    if outcomes:
+        echo(f"board {board.name}: {len(outcomes)} of {len(todo)} cells already have records (use --rerun to redo them)")
+    echo(f"board {board.name}: {len(pending)} cell(s) to run")
+    began = time.perf_counter()
+    took: dict[str, list[float]] = {}
+    for index, cell in enumerate(pending):
+        elapsed = time.perf_counter() - began
+        all_times = [t for ts in took.values() for t in ts]
+        expected = (sum(took[cell.method]) / len(took[cell.method]) if cell.method in took
+                    else (sum(all_times) / len(all_times) if all_times else 0.0))
+        if max_minutes is not None and index > 0 and elapsed + expected > 60 * max_minutes:
+            echo(f"board {board.name}: stopping after {format_seconds(elapsed)} (budget {max_minutes:g} min); "
+                 f"{len(pending) - index} cell(s) left; run the same command again to go on")
+            break
+        echo(f"[{index + 1}/{len(pending)}] {cell.label} ...")
+        timeout = board.cell_timeout
+        if max_minutes is not None:  # a cell still running at the budget's end is stopped (it resumes next time)
+            left_s = max(1.0, 60 * max_minutes - elapsed)
+            timeout = left_s if timeout is None else min(timeout, left_s)
+        outcome = runner(cell, records, output_root, extra, timeout=timeout, log_dir=log_dir)
+        outcomes.append(outcome)
+        if outcome.status == "done":
+            took.setdefault(cell.method, []).append(outcome.seconds)
+        all_times = [t for ts in took.values() for t in ts]
+        left = pending[index + 1 :]
+        mean = sum(all_times) / len(all_times) if all_times else outcome.seconds
+        eta = sum(sum(took[c.method]) / len(took[c.method]) if c.method in took else mean for c in left)
+        state = "done" if outcome.status == "done" else f"FAILED: {outcome.error}"
+        echo(f"[{index + 1}/{len(pending)}] {cell.label}: {state} in {format_seconds(outcome.seconds)}; "
+             f"ETA {format_seconds(eta)} for {len(left)} more")
+    return outcomes
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+LEADERBOARD_INTRO = """\
+Every number below was produced by ddbench itself and is rendered from the records in `records/` (one JSON file
+per run and evaluation architecture, with the exact command, the full config, versions, git commit, device and
+timings). Rules: last-iteration artifact, last-epoch test accuracy, mean ± population std over the protocol's
+fixed seeds; nothing is selected on the test set. Runs with `smoke=true` or a protocol budget cut on the command
+line are kept off these tables (`ddbench-leaderboard --include-shortened` shows them, labelled). The HTML version
+(`index.html`) shows the command and git commit behind every number on hover.
+
+Reproduce a board with `ddbench-board NAME` (it skips cells that already have records, so a killed run resumes;
+`--rerun` redoes them); `ddbench-board NAME --list` prints every cell's exact `ddbench-run` command.
+"""
+
+
+def board_summary(records: list[dict[str, Any]]) -> str:
+    """A Markdown table of the known boards: cells with records, compute time, devices, the command."""
+    rows = ["| Board | Dataset | Cells with records | Compute (distill + eval) | Mean per cell | Device | Command |",
+            "|:---|:---|---:|---:|---:|:---|:---|"]
+    for name in available_boards():
+        board = load_board(name)
+        todo, na = cells(board)
+        done = finished_cells(records)
+        finished = [c for c in todo if set(c.eval_models) <= done.get(c.id, set())]
+        seconds = [cell_seconds(records, c.id) for c in finished]
+        devices = sorted({r["device"] for r in records
+                          if ((r.get("config") or {}).get("board") or {}).get("cell") in {c.id for c in finished}})
+        total = sum(seconds)
+        rows.append(
+            f"| {name} | {board.dataset} | {len(finished)} of {len(todo)} (+{len(na)} n/a) | "
+            f"{format_seconds(total) if finished else '—'} | "
+            f"{format_seconds(total / len(finished)) if finished else '—'} | {', '.join(devices) or '—'} | "
+            f"`ddbench-board {name}` |"
+        )
+    return "\n".join(rows)
+
+
+def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write `<out_dir>/README.md` (Markdown tables) and `<out_dir>/index.html` (+ PNG plots) from `records`."""
+    from ddbench.records import leaderboard_frame, render_markdown
+    from ddbench.records.html import html_report
+    from ddbench.utils import atomic_write_bytes
+
+    out = Path(out_dir)
+    not_applicable: dict[tuple[str, str, int], str] = {}
+    for name in available_boards():
+        board = load_board(name)
+        for method, ipc, _, why in cells(board)[1]:
+            not_applicable[(board.dataset, method, ipc)] = why
+    frame = leaderboard_frame(records)
+    tables = render_markdown(frame, not_applicable, title="## Tables")
+    text = "# Leaderboard\n\n" + LEADERBOARD_INTRO + "\n## Boards\n\n" + board_summary(records) + "\n\n" + tables
+    written = [atomic_write_bytes(out / "README.md", text.encode("utf-8"))]
+    page, pngs = html_report(frame, png_stem="index", n_records=len(records))
+    for file_name, png in pngs.items():
+        written.append(atomic_write_bytes(out / file_name, png))
+    written.append(atomic_write_bytes(out / "index.html", page.encode("utf-8")))
+    return written

@@ -1,0 +1,117 @@
+"""`ddbench-board`: run every cell of a named board, skipping cells that already have records, then render.
+
+    ddbench-board NAME [--records DIR] [--out-dir DIR] [--rerun] [--max-minutes M] [--only KEY=V[,V]] [--list]
+                       [--set OVERRIDE ...]
+
+NAME is a board of conf/board/ (e.g. `digits`, `fashion_mnist`) or the path of a board YAML file. Each cell runs as
+one `ddbench-run` process; its records carry the cell's id, so running the same command again finishes only the
+missing cells. At the end the Markdown (`<out-dir>/README.md`) and HTML (`<out-dir>/index.html` + PNG plots)
+leaderboards are rendered from every record in the records folder, and failed cells are listed with their error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ddbench.board import Cell, available_boards, cells, format_seconds, load_board, run_board
+from ddbench.utils import DDBenchError
+
+DEFAULT_RECORDS = "leaderboard/records"
+FILTER_KEYS = ("method", "ipc", "protocol")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddbench-board", description="Run a board of (method, IPC, protocol) cells.")
+    parser.add_argument("board", help="a board name (" + ", ".join(available_boards()) + ") or a board YAML file")
+    parser.add_argument("--records", default=DEFAULT_RECORDS, metavar="DIR",
+                        help=f"records folder read for finished cells and written by new ones (default {DEFAULT_RECORDS})")
+    parser.add_argument("--out-dir", default=None, metavar="DIR",
+                        help="where README.md and index.html are rendered (default: the records folder's parent)")
+    parser.add_argument("--outputs", default="outputs/board", metavar="DIR", help="run folders (artifacts, logs)")
+    parser.add_argument("--rerun", action="store_true", help="run every cell again, even those with records")
+    parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                        help="start no cell that would end past M minutes (run again to go on)")
+    parser.add_argument("--only", action="append", default=[], metavar="KEY=V[,V]",
+                        help="run only matching cells, e.g. --only method=dm,random --only ipc=10 (keys: "
+                             + ", ".join(FILTER_KEYS) + ")")
+    parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE", dest="extra",
+                        help="an override for every cell that does not change what it computes, e.g. device=cuda "
+                             "or paths.cache=DIR")
+    parser.add_argument("--list", action="store_true", help="print the cells and their state, run nothing")
+    parser.add_argument("--no-render", action="store_true", help="do not render the leaderboard at the end")
+    return parser
+
+
+def cell_filter(specs: list[str]):
+    wanted: dict[str, set[str]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or key not in FILTER_KEYS or not values:
+            raise DDBenchError(f"--only {spec!r}: use KEY=V[,V] with KEY one of {', '.join(FILTER_KEYS)}, "
+                               "e.g. --only method=dm,random.")
+        wanted.setdefault(key, set()).update(v.strip() for v in values.split(","))
+
+    def keep(cell: Cell) -> bool:
+        return all(str(getattr(cell, key)) in values for key, values in wanted.items())
+
+    return keep
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from ddbench.records import read_records
+        from ddbench.board import render_leaderboard
+
+        board = load_board(args.board)
+        records = Path(args.records)
+        out_dir = Path(args.out_dir) if args.out_dir else records.parent
+        only = cell_filter(args.only)
+        for override in args.extra:
+            if "=" not in override:
+                raise DDBenchError(f"--set {override!r}: write an override as KEY=VALUE, e.g. --set device=cuda.")
+        records.mkdir(parents=True, exist_ok=True)
+
+        def read() -> list[dict]:
+            return read_records(records, strict=False)
+
+        if args.list:
+            from ddbench.board import finished_cells
+
+            done = finished_cells(read())
+            todo, na = cells(board)
+            for cell in todo:
+                if only(cell):
+                    state = "done" if set(cell.eval_models) <= done.get(cell.id, set()) else "missing"
+                    print(f"{state:8s} {cell.label:28s} {cell.id}  ddbench-run {' '.join(cell.args)}")
+            for method, ipc, protocol, why in na:
+                print(f"{'n/a':8s} {method} ipc{ipc} {protocol:10s} {why}")
+            return 0
+
+        outcomes = run_board(board, records, read=read, output_root=args.outputs, rerun=args.rerun,
+                             max_minutes=args.max_minutes, only=only, extra=args.extra,
+                             log_dir=Path(args.outputs) / board.name / "logs")
+        ran = [o for o in outcomes if o.status != "skipped"]
+        failed = [o for o in outcomes if o.status == "failed"]
+        print(f"board {board.name}: {sum(o.status == 'done' for o in ran)} cell(s) run in "
+              f"{format_seconds(sum(o.seconds for o in ran))}, {len(failed)} failed, "
+              f"{sum(o.status == 'skipped' for o in outcomes)} already had records")
+        if not args.no_render:
+            for path in render_leaderboard(read(), out_dir):
+                print(f"rendered {path}")
+        if failed:
+            print(f"failed cells ({len(failed)}; no records were written for them; logs under "
+                  f"{Path(args.outputs) / board.name / 'logs'}):", file=sys.stderr)
+            for o in failed:
+                print(f"  {o.cell.label}: {o.error}", file=sys.stderr)
+            return 1
+    except DDBenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

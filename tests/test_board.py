@@ -1,0 +1,264 @@
+"""Boards: cells, resumption from records, the failure list, rendering, and a real two-cell smoke board."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_module
+
+from ddbench.board import (
+    Board,
+    CellOutcome,
+    available_boards,
+    cells,
+    finished_cells,
+    load_board,
+    render_leaderboard,
+    run_board,
+)
+from ddbench.cli.board import main as board_main
+from ddbench.methods import list_methods
+from ddbench.records import make_record, read_records, write_record
+from ddbench.utils import DDBenchError
+
+BIN = Path(sys.executable).parent
+
+
+def small_board(**changes) -> Board:
+    data = {
+        "name": "tiny", "dataset": "digits", "ipcs": [1, 10], "protocols": ["dc"], "eval_models": ["convnet"],
+        "methods": {"random": {}, "dm": {"overrides": ["method.iterations=5"], "protocols": ["dc", "kd"]}},
+        "not_applicable": {"dm": {1: "needs more images"}},
+    }
+    data.update(changes)
+    return Board.from_dict(data, "test")
+
+
+def fake_record(cell_id: str, method: str = "random", ipc: int = 1, model: str = "convnet", seconds: float = 2.0):
+    return make_record(
+        run_id=f"r-{cell_id}-{model}", method=method, dataset="digits", ipc=ipc, label_type="hard", protocol="dc",
+        eval_model=model, accuracies=[0.5, 0.7], seeds=[0, 1], distill_seconds=1.0, eval_seconds=seconds,
+        peak_gpu_memory_bytes=None, device="cpu", config={"board": {"name": "tiny", "cell": cell_id}},
+        seed=0, artifact=None, git_commit="abc", versions={},
+    )
+
+
+def test_cells_expand_methods_ipcs_protocols_and_mark_not_applicable():
+    todo, na = cells(small_board())
+    assert [c.label for c in todo] == ["random ipc1 dc", "random ipc10 dc", "dm ipc10 dc", "dm ipc10 kd"]
+    assert na == [("dm", 1, "dc", "needs more images"), ("dm", 1, "kd", "needs more images")]
+    dm = todo[2]
+    assert dm.args == ("method=dm", "dataset=digits", "ipc=10", "eval=dc", "eval.models=[convnet]",
+                       "method.iterations=5")
+    assert dm.eval_models == ("convnet",)
+
+
+def test_cell_id_follows_the_arguments_that_change_the_result():
+    first = cells(small_board())[0][2]
+    again = cells(small_board())[0][2]
+    changed = cells(small_board(methods={"dm": {"overrides": ["method.iterations=6"]}}))[0][0]
+    assert first.id == again.id
+    assert changed.label == first.label and changed.id != first.id
+    # where records go is not part of the id
+    assert f"board.cell={first.id}" in first.command("/r", "/o") and "paths.records=/r" in first.command("/r", "/o")
+
+
+def test_protocol_models_default_to_the_protocol_yaml():
+    todo, _ = cells(small_board(eval_models=None))
+    assert todo[0].eval_models == ("convnet", "alexnet", "vgg11", "resnet18_ap")  # dc's list
+    with pytest.raises(DDBenchError, match="unknown protocol 'nope'.*valid protocols"):
+        cells(small_board(protocols=["nope"]))
+
+
+def test_bad_boards_get_one_clear_error(tmp_path):
+    with pytest.raises(DDBenchError, match="unknown board 'nope'; valid boards: .*digits"):
+        load_board("nope")
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({"name": "b", "dataset": "digits", "ipcs": [1], "methods": {"random": {}},
+                                    "seeds": 3}))
+    with pytest.raises(DDBenchError, match=r"unknown key\(s\) \['seeds'\]"):
+        load_board(str(path))
+    path.write_text(yaml.safe_dump({"name": "b", "dataset": "digits", "ipcs": [1],
+                                    "methods": {"random": {"override": []}}}))
+    with pytest.raises(DDBenchError, match="method 'random' has unknown key"):
+        load_board(str(path))
+    with pytest.raises(DDBenchError, match="missing"):
+        Board.from_dict({"name": "b", "dataset": "digits"}, "x")
+
+
+def test_run_board_skips_finished_cells_lists_failures_and_reports_eta():
+    board = small_board()
+    todo, _ = cells(board)
+    records = [fake_record(todo[0].id)]
+    ran, lines = [], []
+
+    def runner(cell, records_dir, output_root, extra, timeout=None, log_dir=None):
+        ran.append(cell.label)
+        if cell.label == "dm ipc10 kd":
+            return CellOutcome(cell, "failed", 1.0, "error: boom")
+        return CellOutcome(cell, "done", 3.0)
+
+    outcomes = run_board(board, "/tmp/none", read=lambda: records, runner=runner, echo=lines.append)
+    assert ran == ["random ipc10 dc", "dm ipc10 dc", "dm ipc10 kd"]
+    assert [o.status for o in outcomes] == ["skipped", "done", "done", "failed"]
+    assert any("1 of 4 cells already have records" in line for line in lines)
+    assert any("ETA" in line for line in lines)
+    assert any("FAILED: error: boom" in line for line in lines)
+    # --rerun runs every cell; only= filters
+    ran.clear()
+    run_board(board, "/tmp/none", read=lambda: records, runner=runner, echo=lines.append, rerun=True,
+              only=lambda c: c.method == "random")
+    assert ran == ["random ipc1 dc", "random ipc10 dc"]
+
+
+def test_a_cell_is_done_only_when_every_eval_model_has_a_record():
+    board = small_board(eval_models=["convnet", "alexnet"])
+    cell = cells(board)[0][0]
+    assert finished_cells([fake_record(cell.id)]) == {cell.id: {"convnet"}}
+    ran = []
+
+    def runner(c, *args, **kwargs):
+        ran.append(c.label)
+        return CellOutcome(c, "done", 1.0)
+
+    run_board(board, "/x", read=lambda: [fake_record(cell.id)], runner=runner, echo=lambda s: None,
+              only=lambda c: c.label == cell.label)
+    assert ran == [cell.label]
+    ran.clear()
+    both = [fake_record(cell.id), fake_record(cell.id, model="alexnet")]
+    run_board(board, "/x", read=lambda: both, runner=runner, echo=lambda s: None, only=lambda c: c.label == cell.label)
+    assert ran == []
+
+
+def test_max_minutes_stops_before_a_cell_that_would_not_fit():
+    board = small_board()
+    clock = {"t": 0.0}
+    lines = []
+
+    def runner(cell, *args, **kwargs):
+        return CellOutcome(cell, "done", 40.0)
+
+    import ddbench.board as board_module
+
+    real = board_module.time.perf_counter
+    board_module.time.perf_counter = lambda: clock["t"]
+    try:
+        def tick_runner(cell, *args, **kwargs):
+            clock["t"] += 40.0
+            return runner(cell)
+
+        outcomes = run_board(board, "/x", read=lambda: [], runner=tick_runner, echo=lines.append, max_minutes=1.5)
+    finally:
+        board_module.time.perf_counter = real
+    assert [o.status for o in outcomes] == ["done", "done"]  # 40 s + 40 s; a third would end at 120 s > 90 s
+    assert any("stopping after" in line and "2 cell(s) left" in line for line in lines)
+
+
+def test_every_shipped_board_composes(tmp_path):
+    """Every cell of every board in conf/board is a valid ddbench-run config with a registered method."""
+    methods = set(list_methods())
+    assert {"digits", "fashion_mnist"} <= set(available_boards())
+    with initialize_config_module(config_module="ddbench.conf", version_base="1.3"):
+        for name in available_boards():
+            board = load_board(name)
+            for cell in cells(board)[0]:
+                assert cell.method in methods, f"board {name}: unknown method {cell.method}"
+                cfg = compose("config", overrides=[*cell.args, f"board.cell={cell.id}"])
+                assert cfg.method.name == cell.method and cfg.ipc == cell.ipc and cfg.eval.name == cell.protocol
+
+
+def test_rendered_leaderboard_marks_not_applicable_cells_and_keeps_shortened_runs_off(tmp_path):
+    board = load_board("digits")
+    todo, _ = cells(board)
+    rec = fake_record(todo[0].id)
+    short = dict(fake_record("x", method="dm"), shortened="smoke=true")
+    paths = render_leaderboard([rec, short], tmp_path)
+    names = {p.name for p in paths}
+    assert {"README.md", "index.html"} <= names
+    text = (tmp_path / "README.md").read_text()
+    assert "| random | hard | 60.00 ± 10.00 (n=2)" in text
+    assert "| dm " not in text  # the smoke record stays off
+    assert "`ddbench-board digits`" in text and "1 of" in text
+    for path in paths:
+        assert path.stat().st_mode & 0o044 == 0o044, f"{path} is not readable by others"
+
+
+def test_two_cell_smoke_board_resumes_after_a_kill(tmp_path):
+    """Kill ddbench-board while its second cell runs; running it again runs only that cell."""
+    board = tmp_path / "two.yaml"
+    board.write_text(yaml.safe_dump({
+        "name": "two", "dataset": "digits", "ipcs": [1], "protocols": ["dc"], "eval_models": ["convnet"],
+        "overrides": ["smoke=true", "eval.epochs=2", "eval.num_seeds=1"],
+        "methods": {"random": {}, "herding": {}},
+    }))
+    records = tmp_path / "records"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    argv = [str(BIN / "ddbench-board"), str(board), "--records", str(records), "--outputs", str(tmp_path / "out"),
+            "--out-dir", str(tmp_path / "site"), "--set", f"paths.cache={tmp_path / 'cache'}"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(records.rglob("*.json")):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the board and its running cell
+    proc.wait()
+    first = [r["method"] for r in read_records(records)]
+    assert len(first) == 1
+    other = ({"random", "herding"} - set(first)).pop()
+    out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 of 2 cells already have records" in out.stdout
+    assert f"[1/1] {other} ipc1 dc" in out.stdout
+    after = read_records(records)
+    assert sorted(r["method"] for r in after) == ["herding", "random"]
+    assert all(r["shortened"] and "smoke=true" in r["shortened"] for r in after)
+    assert all(r["command"].startswith("ddbench-board") is False and "board.cell=" in r["command"] for r in after)
+    assert (tmp_path / "site" / "README.md").is_file() and (tmp_path / "site" / "index.html").is_file()
+    # a third run has nothing to do
+    again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 cell(s) to run" in again.stdout
+
+
+def test_failed_cells_are_listed_and_write_no_record(tmp_path, capsys):
+    board = tmp_path / "bad.yaml"
+    board.write_text(yaml.safe_dump({
+        "name": "bad", "dataset": "digits", "ipcs": [1], "protocols": ["dc"], "eval_models": ["convnet"],
+        "methods": {"random": {"overrides": ["smoke=true", "eval.num_seeds=0"]}},
+    }))
+    code = board_main([str(board), "--records", str(tmp_path / "records"), "--outputs", str(tmp_path / "out"),
+                       "--out-dir", str(tmp_path / "site")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "failed cells (1" in err and "random ipc1 dc: error:" in err
+    assert not list((tmp_path / "records").rglob("*.json"))
+
+
+def test_cli_rejects_bad_filters(tmp_path, capsys):
+    assert board_main(["digits", "--records", str(tmp_path), "--only", "colour=red", "--list"]) == 2
+    assert "--only 'colour=red'" in capsys.readouterr().err
+    assert board_main(["digits", "--records", str(tmp_path), "--only", "method=dm", "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed and all(" dm ipc" in line for line in listed)
+
+
+def test_the_time_budget_bounds_the_running_cell():
+    board = small_board(cell_timeout=1000.0)
+    timeouts = []
+
+    def runner(cell, *args, timeout=None, **kwargs):
+        timeouts.append(timeout)
+        return CellOutcome(cell, "done", 1.0)
+
+    run_board(board, "/x", read=lambda: [], runner=runner, echo=lambda s: None, max_minutes=2,
+              only=lambda c: c.label == "random ipc1 dc")
+    assert 100 < timeouts[0] <= 120
+    run_board(board, "/x", read=lambda: [], runner=runner, echo=lambda s: None,
+              only=lambda c: c.label == "random ipc1 dc")
+    assert timeouts[1] == 1000.0
