@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 from ddbench.augment import DSA, DSADraw
 from ddbench.methods.base import DistillDiverged, DistillResult, Method
 from ddbench.training.embedding import data_fingerprint
-from ddbench.methods.experts import ExpertSpec, FlatModel, build_template, load_or_train_experts
+from ddbench.methods.experts import ExpertSpec, build_template, load_or_train_experts
+from ddbench.training import FlatModel
 from ddbench.utils import DDBenchError
 
 log = logging.getLogger(__name__)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ddbench.training.embedding as embedding
 from ddbench.cache import Cache
 from ddbench.methods import DistillResult, create_method, list_methods
-from ddbench.training.embedding import train_embeddings
+from ddbench.training.embedding import embedding_recipe, train_embeddings
 from ddbench.models import create_model
 from ddbench.utils import DDBenchError
 
@@ -171,30 +170,28 @@ def test_kcenter_output_is_made_of_real_images(digits_small, cache):
 # ------------------------------------------------------------------------------------------ embeddings cache
 
 
-def test_embeddings_are_trained_once_and_shared(digits_small, tmp_path, monkeypatch):
-    calls = []
-    real_train = embedding.train_networks
-
-    def counting_train(*args, **kwargs):
-        calls.append(kwargs["epochs"])
-        return real_train(*args, **kwargs)
-
-    monkeypatch.setattr(embedding, "train_networks", counting_train)
+def test_embeddings_are_trained_once_and_shared(digits_small, tmp_path):
     cache = Cache(tmp_path)
     first = make("herding", digits_small, 2, cache).distill()
-    assert calls == [1]
     files = list((tmp_path / "embeddings").glob("*.safetensors"))
     assert len(files) == 1
+    written = files[0].stat().st_mtime_ns
 
     again = make("herding", digits_small, 2, cache).distill()
     make("kcenter", digits_small, 2, cache).distill()  # same model, epochs and seed: the same embedding
-    assert calls == [1]
     assert torch.equal(first.images, again.images)
     assert list((tmp_path / "embeddings").glob("*.safetensors")) == files
+    assert files[0].stat().st_mtime_ns == written  # read, not trained and written again
 
     make("herding", digits_small, 2, cache, options={"embed_epochs": 2}).distill()
-    assert calls == [1, 2]
     assert len(list((tmp_path / "embeddings").glob("*.safetensors"))) == 2
+
+
+def test_the_embedding_network_recipe():
+    recipe = embedding_recipe(3)
+    assert (recipe.epochs, recipe.lr, recipe.batch_size, recipe.schedule, recipe.augment) == (
+        3, 0.01, 256, "constant", "none")
+    assert (recipe.optimizer, recipe.momentum, recipe.weight_decay) == ("sgd", 0.9, 5e-4)
 
 
 # ----------------------------------------------------------------------------------------------------- DM

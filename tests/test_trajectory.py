@@ -19,7 +19,8 @@ from ddbench.cache import Cache
 from ddbench.data import load_dataset
 from ddbench.methods import create_method
 from ddbench.methods.base import DistillDiverged
-from ddbench.methods.experts import ExpertSpec, FlatModel, gsam_gradient, load_or_train_experts
+from ddbench.methods.experts import ExpertSpec, load_or_train_experts
+from ddbench.training import FlatModel, gsam_gradient
 from ddbench.methods.trajectory import (
     MomentumSGD, Unroll, matching_loss, sample_rows, start_epoch_bound, unroll_plain, unroll_recompute,
 )
@@ -218,7 +219,7 @@ def test_expert_cache_reuse_and_resume_of_a_partial_set(splits, tmp_path, monkey
     assert trained == [[1], [0, 2]] and "reusing cached experts: 3 of 3" in caplog.text
     assert torch.equal(again, full)
     # an expert's trajectory does not depend on which experts trained beside it
-    alone = original(splits, TINY_MODEL, spec, experts_mod.make_dsa({}), [2], CPU)[0]
+    alone = original(splits, TINY_MODEL, spec, {}, [2], CPU)[0]
     torch.testing.assert_close(alone[0], full[2])
     # another recipe is another cache entry
     gsam = ExpertSpec(**{**TINY_EXPERTS, "num_experts": 1, "optimizer": "gsam", "gsam_alpha": 0.3})

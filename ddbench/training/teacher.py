@@ -10,9 +10,9 @@ from torch import nn
 
 from ddbench.cache import Cache
 from ddbench.data import Splits
-from ddbench.training.kd import train_kd
 from ddbench.training.networks import NetworkBatch, init_model
 from ddbench.training.recipe import TeacherConfig
+from ddbench.training.trainer import train
 from ddbench.utils import DDBenchError, make_generator, stable_hash
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def train_teacher_member(cfg: TeacherConfig, splits: Splits, index: int, device:
     seed = cfg.seed + index
     nets = NetworkBatch(name, splits.info, [seed], device, vmap=False, **cfg.model_kwargs.get(name, {}))
     generator = make_generator(int(stable_hash(["teacher", name, seed], 8), 16), device)
-    train_kd(nets, splits.train.images, splits.train.labels, cfg.recipe(), generator, progress=progress)
+    train(nets, splits.train.images, splits.train.labels, cfg.recipe(), generator, progress=progress)
     if not bool(nets.all_finite()):
         raise DDBenchError(f"training the teacher {name} diverged (non-finite weights) with lr={cfg.lr}; "
                            "lower eval.teacher.lr.")
