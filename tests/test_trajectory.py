@@ -21,9 +21,10 @@ from ddbench.methods import create_method
 from ddbench.methods.base import DistillDiverged
 from ddbench.methods.experts import ExpertSpec, load_or_train_experts
 from ddbench.training import FlatModel, gsam_gradient
-from ddbench.methods.trajectory import (
-    MomentumSGD, Unroll, matching_loss, sample_rows, start_epoch_bound, unroll_plain, unroll_recompute,
-)
+from ddbench.methods import method_options
+from ddbench.methods.loopkit import MomentumSGD
+from ddbench.methods.trajectory import matching_loss, sample_start_epoch, start_epoch_bound
+from ddbench.methods.unroll import Unroll, sample_rows, unroll_plain, unroll_recompute
 from ddbench.models import create_model
 from ddbench.utils import DDBenchError
 
@@ -90,20 +91,13 @@ def test_start_epoch_bound_and_window_growth():
         assert int(draws.min()) == 2 and int(draws.max()) == hi - 1
 
 
-def test_start_epochs_used_by_the_loop_stay_in_the_window(splits, cache_root, monkeypatch):
-    seen = []
-    original = torch.randint
-
-    def spy(low, high, size, **kwargs):
-        seen.append((low, high))
-        return original(low, high, size, **kwargs)
-
-    method = make("datm", splits, cache_root, iterations=4, sequential_generation=True, min_start_epoch=0,
-                  current_max_start_epoch=1, max_start_epoch=2, expansion_end=2, threshold=None)
-    monkeypatch.setattr(traj_mod.torch, "randint", spy)
-    method.distill()
-    windows = [(lo, hi) for lo, hi in seen if hi <= 2]
-    assert windows == [(0, 1), (0, 1), (0, 2), (0, 2)]
+def test_start_epochs_of_the_loop_stay_in_the_growing_window():
+    options = method_options("datm", {"sequential_generation": True, "min_start_epoch": 1, "max_start_epoch": 6,
+                                      "current_max_start_epoch": 3, "expansion_end": 4})
+    gen = torch.Generator().manual_seed(0)
+    for it, bound in ((0, 3), (1, 3), (2, 4), (3, 5), (4, 6), (9, 6)):
+        draws = torch.cat([sample_start_epoch(it, 1, 6, options.window(), gen) for _ in range(200)])
+        assert set(draws.tolist()) == set(range(1, bound))
 
 
 def test_expert_epochs_must_cover_the_start_window(splits, cache_root):
