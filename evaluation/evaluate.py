@@ -23,7 +23,7 @@ from ddbench.evaluation.protocol import EvalProtocol
 from ddbench.evaluation.scores import seed_scores
 from ddbench.evaluation.selection import best_lr, holdout_split
 from ddbench.training.teacher import Teacher, load_teacher
-from ddbench.utils import DDBenchError, make_generator, stable_hash
+from ddbench.utils import DDBenchError, make_generator, mean_std, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,11 @@ class EvalResult:
 
     @property
     def mean(self) -> float:
-        return float(torch.tensor(self.accuracies).mean())
+        return mean_std(self.accuracies)[0]
 
     @property
     def std(self) -> float:
-        return float(torch.tensor(self.accuracies).std(unbiased=False))
+        return mean_std(self.accuracies)[1]
 
 
 def _generator(parts: list[Any], device: torch.device) -> torch.Generator:

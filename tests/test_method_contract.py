@@ -8,8 +8,6 @@ smoke=true` writes a valid artifact and a record.
 
 from __future__ import annotations
 
-import importlib.resources
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +15,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from ddbench.artifact import load_artifact
 from ddbench.methods import list_methods, method_class, method_options
@@ -29,9 +28,13 @@ METHODS = list_methods()
 TIMEOUT = 900
 
 
-def method_yaml(name: str) -> dict:
-    text = (importlib.resources.files("ddbench.conf") / "method" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+@pytest.fixture(scope="module")
+def method_yaml():
+    """name → conf/method/<name>.yaml as Hydra composes it (defaults: included)."""
+    with initialize_config_module(config_module="ddbench.conf", version_base="1.3"):
+        yield lambda name: OmegaConf.to_container(
+            compose(config_name="config", overrides=[f"method={name}", "paths.output=/tmp/unused"]).method,
+            resolve=True)
 
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -48,7 +51,7 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_the_yaml_states_the_options_defaults(name):
+def test_the_yaml_states_the_options_defaults(name, method_yaml):
     cfg = method_yaml(name)
     assert cfg.pop("name") == name
     smoke = cfg.pop("smoke", None) or {}

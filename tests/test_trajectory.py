@@ -345,3 +345,19 @@ def test_smoke_runs_of_every_trajectory_method(tmp_path):
     assert "reusing cached experts: 2 of 2" in outputs[2]  # the same GSAM experts as ftd's smoke run
     assert "soft labels" in outputs[2]
     assert len(list((tmp_path / "records").rglob("*.json"))) == 4
+
+
+def test_ddbench_experts_trains_the_experts_ddbench_run_uses(tmp_path):
+    """The experts CLI resolves the method's options the way a run does, so a run finds every expert cached."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    common = ["method=ftd", "dataset=digits", "smoke=true", "progress=false", f"paths.cache={tmp_path / 'cache'}"]
+    experts = subprocess.run([str(bin_dir / "ddbench-experts"), *common, f"hydra.run.dir={tmp_path / 'experts'}"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert experts.returncode == 0, experts.stdout + experts.stderr
+    assert "training 2 expert(s)" in experts.stdout + experts.stderr
+    run = subprocess.run([str(bin_dir / "ddbench-distill"), *common, "ipc=1", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    text = run.stdout + run.stderr
+    assert run.returncode == 0, text
+    assert "reusing cached experts: 2 of 2" in text and "training" not in text.split("reusing cached experts")[1]
