@@ -18,8 +18,12 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+import torch
+
+from ddbench import pipeline
 from ddbench.artifact import load_artifact
-from ddbench.methods import list_methods, method_class, method_options
+from ddbench.cache import Cache
+from ddbench.methods import create_method, list_methods, method_class, method_options
 from ddbench.records import read_records
 from ddbench.utils import DDBenchError
 
@@ -29,12 +33,21 @@ TIMEOUT = 900
 
 
 @pytest.fixture(scope="module")
-def method_yaml():
-    """name → conf/method/<name>.yaml as Hydra composes it (defaults: included)."""
+def composed():
+    """(name, smoke) → the run config of `method=name dataset=digits` as the CLI resolves it."""
     with initialize_config_module(config_module="ddbench.conf", version_base="1.3"):
-        yield lambda name: OmegaConf.to_container(
-            compose(config_name="config", overrides=[f"method={name}", "paths.output=/tmp/unused"]).method,
-            resolve=True)
+        def resolve(name: str, smoke: bool = False) -> dict:
+            cfg = compose(config_name="config", overrides=[
+                f"method={name}", "dataset=digits", f"smoke={str(smoke).lower()}", "paths.output=/tmp/unused"])
+            return pipeline.resolved_config(cfg, overrides=[])
+
+        yield resolve
+
+
+@pytest.fixture
+def method_yaml(composed):
+    """name → conf/method/<name>.yaml as Hydra composes it (defaults: included)."""
+    return lambda name: composed(name)["method"]
 
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -67,6 +80,31 @@ def test_unknown_option_keys_are_rejected_with_the_valid_ones_listed(name):
     message = str(err.value)
     assert "no_such_option" in message and "valid options" in message
     assert all(key in message for key in method_class(name).Options.valid_keys())
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_method_draws_all_randomness_from_the_run_seed(name, composed, digits_small, tmp_path_factory, one_thread):
+    cfg = composed(name, smoke=True)
+    cfg["model"] = {"name": "convnet", "width": 8}
+    options = {k: v for k, v in cfg["method"].items() if k not in ("name", "smoke")}
+    cache = Cache(tmp_path_factory.mktemp(f"seeds_{name}"))
+
+    def distill(seed: int):
+        return create_method(name, splits=digits_small, ipc=1, seed=seed, device=torch.device("cpu"),
+                             options=options, model=cfg["model"], augment=cfg["augment"], cache=cache).distill()
+
+    torch.manual_seed(111)  # the global RNG state must not matter
+    first = distill(1)
+    torch.manual_seed(222)
+    again, other = distill(1), distill(2)
+    assert first.images.shape == (10, 1, 16, 16) and first.images.dtype == torch.float32
+    assert bool(first.images.isfinite().all()) and not first.images.requires_grad
+    if first.labels.dtype == torch.int64:  # class-major hard labels, or soft logits [n, K]
+        assert torch.equal(first.labels, torch.arange(10))
+    else:
+        assert first.labels.shape == (10, 10) and first.labels.dtype == torch.float32
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    assert not torch.equal(first.images, other.images)
 
 
 def test_option_values_are_checked():
@@ -158,10 +196,14 @@ def plugin_dir(tmp_path_factory) -> Path:
     return root
 
 
-def test_a_plugin_method_is_listed(plugin_dir, monkeypatch):
-    monkeypatch.syspath_prepend(str(plugin_dir))
-    assert "classmean" in list_methods()
-    assert method_options("classmean", {"scale": 2.0}).scale == 2.0
+def test_a_plugin_method_is_listed(plugin_dir, tmp_path):
+    # in a fresh interpreter, so that the plug-in stays out of this test session's registry
+    code = ("from ddbench.methods import list_methods, method_options; print(list_methods()); "
+            "print(method_options('classmean', {'scale': 2.0}).scale)")
+    proc = run([sys.executable, "-c", code], tmp_path, PYTHONPATH=str(plugin_dir))
+    assert proc.returncode == 0, explain(proc)
+    listed, scale = proc.stdout.splitlines()[-2:]
+    assert "'classmean'" in listed and all(f"'{name}'" in listed for name in METHODS) and scale == "2.0"
 
 
 def test_a_plugin_method_runs_and_sweeps_through_ddbench_run(plugin_dir, tmp_path):
