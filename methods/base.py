@@ -75,6 +75,11 @@ class Method(abc.ABC):
         self.cache = cache or Cache()
         self.generator = make_generator(seed, device)
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The validated options as a plain dict."""
+        return self.opts.to_dict()
+
     def option(self, key: str, default: Any = None) -> Any:
         """The validated value of option `key` (`default` only for keys the Options class lacks)."""
         return getattr(self.opts, key, default)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ddbench.cache import Cache
-from ddbench.methods import DistillResult, create_method, list_methods
+from ddbench.methods import create_method, list_methods
 from ddbench.training.embedding import embedding_recipe, train_embeddings
 from ddbench.models import create_model
 from ddbench.utils import DDBenchError

@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddbench.data import load_dataset
 from ddbench.evaluation import EvalProtocol, evaluate_synthetic
 from ddbench.methods.experts import ExpertSpec, build_template, expert_seed
 from ddbench.training import FlatModel, FlatNetworks, NetworkBatch, TrainRecipe, train
