@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from ddbench.augment import DSA
 from ddbench.data import load_dataset
-from ddbench.training import NetworkBatch, test_accuracy, train_networks
+from ddbench.evaluation import EvalProtocol
+from ddbench.training import NetworkBatch, test_accuracy, train
 from ddbench.utils import make_generator, resolve_device
 from report import emit
 
@@ -48,16 +48,16 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    def train(nets: NetworkBatch, n_epochs: int) -> None:
-        train_networks(nets, images, labels, epochs=n_epochs, lr=0.01, batch_size=256,
-                       generator=make_generator(1, device), augment=DSA())
+    def train_dc(nets: NetworkBatch, n_epochs: int) -> None:
+        recipe = EvalProtocol.from_dict({"epochs": n_epochs, "batch_size": 256}).recipe(0.01)
+        train(nets, images, labels, recipe, make_generator(1, device))
 
     def fresh() -> NetworkBatch:
         return NetworkBatch(args.model, splits.info, list(range(args.seeds)), device, vmap=vmap)
 
-    train(fresh(), 2)  # warm-up (kernels, allocator)
+    train_dc(fresh(), 2)  # warm-up (kernels, allocator)
     nets = fresh()
-    train_seconds = timed(lambda: train(nets, epochs))
+    train_seconds = timed(lambda: train_dc(nets, epochs))
     test_seconds = timed(lambda: test_accuracy(nets, splits.test))
     per_1000 = train_seconds / epochs * 1000 + test_seconds
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "

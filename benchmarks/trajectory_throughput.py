@@ -22,7 +22,7 @@ import torch
 
 from ddbench.cache import Cache
 from ddbench.data import load_dataset
-from ddbench.methods.experts import ExpertSpec, make_dsa, train_expert_group
+from ddbench.methods.experts import ExpertSpec, train_expert_group
 from ddbench.methods.mtt import MTT
 from ddbench.utils import resolve_device
 from report import emit
@@ -70,13 +70,12 @@ def main() -> None:
 
     # ---------------------------------------------------------------- experts
     spec = ExpertSpec(num_experts=n_experts, epochs=epochs, optimizer=args.optimizer, parallel=n_experts)
-    dsa = make_dsa({})
     warm = dataclasses.replace(spec, epochs=1)
     subset = dataclasses.replace(splits, train=splits.train.truncate_per_class(2 * spec.batch_size // 10 + 1))
-    train_expert_group(subset, model_cfg, warm, dsa, list(range(n_experts)), device)  # warm-up: kernels, allocator
+    train_expert_group(subset, model_cfg, warm, {}, list(range(n_experts)), device)  # warm-up: kernels, allocator
     sync(device)
     start = time.perf_counter()
-    train_expert_group(splits, model_cfg, spec, dsa, list(range(n_experts)), device)
+    train_expert_group(splits, model_cfg, spec, {}, list(range(n_experts)), device)
     sync(device)
     seconds = time.perf_counter() - start
     steps = math.ceil(len(splits.train) / spec.batch_size)

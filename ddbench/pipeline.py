@@ -15,7 +15,8 @@ from ddbench.artifact import Artifact, save_artifact
 from ddbench.cache import Cache
 from ddbench.data import Splits, load_dataset
 from ddbench.evaluation import EvalProtocol, EvalResult, evaluate_synthetic
-from ddbench.methods import DistillResult, create_method
+from ddbench.methods import DistillResult, MethodOptions, create_method
+from ddbench.methods import method_options as resolve_method_options
 from ddbench.methods.base import DistillDiverged
 from ddbench.records import make_record, write_record
 from ddbench.utils import DDBenchError, device_name, peak_memory_bytes, resolve_device, seed_everything, stable_hash
@@ -121,12 +122,17 @@ def method_options(cfg: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def check_method(cfg: dict[str, Any]) -> MethodOptions:
+    """The run's method options, validated (unknown method, unknown keys, bad values) before any data loads."""
+    return resolve_method_options(cfg["method"]["name"], method_options(cfg))
+
+
 def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[Artifact, float]:
     """Run the configured method; returns the artifact (not yet saved) and the wall time in seconds."""
     seed_everything(cfg["seed"])
     method = create_method(
         cfg["method"]["name"], splits=splits, ipc=int(cfg["ipc"]), seed=int(cfg["seed"]), device=device,
-        options=method_options(cfg), model=cfg["model"], augment=cfg["augment"], cache=Cache(cfg["paths"]["cache"]),
+        options=check_method(cfg), model=cfg["model"], augment=cfg["augment"], cache=Cache(cfg["paths"]["cache"]),
     )
     start = time.perf_counter()
     try:

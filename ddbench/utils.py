@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 
 class DDBenchError(RuntimeError):
     """A user-facing error: the message names what is wrong and how to fix it."""
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, population std with ddof=0) of a non-empty sequence, in exact float sums (numpy.std's convention)."""
+    n = len(values)
+    mean = math.fsum(values) / n
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:

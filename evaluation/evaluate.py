@@ -15,17 +15,15 @@ from typing import Any
 
 import torch
 
-from ddbench.augment import DSA
 from ddbench.cache import Cache
 from ddbench.data import ClassTensors, Splits
-from ddbench.training import trainer
-from ddbench.training.kd import train_kd
 from ddbench.training.networks import NetworkBatch
+from ddbench.training.trainer import test_accuracy, train
 from ddbench.evaluation.protocol import EvalProtocol
 from ddbench.evaluation.scores import seed_scores
 from ddbench.evaluation.selection import best_lr, holdout_split
 from ddbench.training.teacher import Teacher, load_teacher
-from ddbench.utils import DDBenchError, make_generator, stable_hash
+from ddbench.utils import DDBenchError, make_generator, mean_std, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +42,11 @@ class EvalResult:
 
     @property
     def mean(self) -> float:
-        return float(torch.tensor(self.accuracies).mean())
+        return mean_std(self.accuracies)[0]
 
     @property
     def std(self) -> float:
-        return float(torch.tensor(self.accuracies).std(unbiased=False))
+        return mean_std(self.accuracies)[1]
 
 
 def _generator(parts: list[Any], device: torch.device) -> torch.Generator:
@@ -115,17 +113,8 @@ class Evaluator:
         """Fresh networks for protocol.seeds trained on (images, targets); raises if they diverge (check=True)."""
         nets = NetworkBatch(name, self.splits.info, protocol.seeds, self.device, vmap=protocol.vmap,
                             **protocol.model_kwargs.get(name, {}))
-        if protocol.kind == "dc":
-            trainer.train_networks(
-                nets, images, targets,
-                epochs=protocol.train_epochs, lr=lr, batch_size=protocol.batch_size, generator=generator,
-                momentum=protocol.momentum, weight_decay=protocol.weight_decay,
-                lr_decay_at=protocol.lr_decay_at, lr_decay_factor=protocol.lr_decay_factor,
-                augment=DSA() if protocol.augment == "dsa" else None, progress=self.progress,
-            )
-        else:
-            teacher = self.teacher if mode == "teacher" else None
-            train_kd(nets, images, targets, protocol.recipe(lr), generator, teacher=teacher, progress=self.progress)
+        teacher = self.teacher if mode == "teacher" else None
+        train(nets, images, targets, protocol.recipe(lr), generator, teacher=teacher, progress=self.progress)
         if check and not bool(nets.all_finite()):
             raise DDBenchError(f"evaluation of {name} diverged (non-finite weights) with lr={lr}; "
                                "no record is written. Lower eval.lr or check the synthetic set.")
@@ -150,7 +139,7 @@ class Evaluator:
                                                                                   self.device), check=False)
             acc = -1.0
             if bool(nets.all_finite()):
-                acc = float(trainer.test_accuracy(nets, val, protocol.test_batch_size).mean())
+                acc = float(test_accuracy(nets, val, protocol.test_batch_size).mean())
             val_acc.append(acc)
         lr = best_lr(protocol.lr_grid, val_acc)
         log.info("lr of %s chosen on the validation split (%d images): %g (val accuracy %s)", name, len(val), lr,
@@ -159,7 +148,7 @@ class Evaluator:
 
     def accuracy(self, nets: NetworkBatch, protocol: EvalProtocol) -> list[float]:
         """Test accuracy per seed: the only place the test split is read."""
-        return trainer.test_accuracy(nets, self.splits.test, protocol.test_batch_size).tolist()
+        return test_accuracy(nets, self.splits.test, protocol.test_batch_size).tolist()
 
     # ------------------------------------------------------------------------------------ baselines
     def full_data_accuracy(self, name: str) -> list[float]:
@@ -188,10 +177,14 @@ class Evaluator:
         ])
         return source.images[rows], source.labels[rows]
 
-    def random_accuracy(self, name: str, protocol: EvalProtocol, mode: str, lr: float, lr_source: str,
-                        ipc: int) -> list[float]:
-        """Per-seed test accuracy of `name` trained on random real subsets with the same recipe (cached)."""
-        grid = lr_source == "grid"
+    def random_accuracy(self, name: str, protocol: EvalProtocol, mode: str, ipc: int) -> list[float]:
+        """Per-seed test accuracy of `name` trained on random real subsets with the same recipe (cached).
+
+        The subsets get their own lr: the best of lr_grid on the validation split when the protocol has a grid,
+        else the protocol's lr; never the distilled set's learned lr.
+        """
+        grid = bool(protocol.lr_grid)
+        lr = protocol.lr
         key: dict[str, Any] = {
             "what": "random", "data": self.fingerprint(), "model": name,
             "model_kwargs": protocol.model_kwargs.get(name, {}), "recipe": protocol.recipe_key(), "mode": mode,
@@ -231,7 +224,7 @@ class Evaluator:
                 parts["syn_hard"] = self.accuracy(nets, hard)
             parts["full_hard"] = self.full_data_accuracy(name)
         if wanted & {"ior", "lrs", "ars"}:
-            parts["random"] = self.random_accuracy(name, p, mode, lr, lr_source, ipc)
+            parts["random"] = self.random_accuracy(name, p, mode, ipc)
         if "ars" in wanted:
             plain = p.without_augmentation()
             targets = self.targets(mode, images, labels)
@@ -239,7 +232,7 @@ class Evaluator:
             nets = self.fit(plain, name, images, targets, mode, plain_lr,
                             _generator(["syn_noaug", name, p.seeds], self.device))
             parts["syn_noaug"] = self.accuracy(nets, plain)
-            parts["random_noaug"] = self.random_accuracy(name, plain, mode, lr, lr_source, ipc)
+            parts["random_noaug"] = self.random_accuracy(name, plain, mode, ipc)
         return seed_scores(p.scores, syn=syn, weight=p.score_weight, ars_weight=p.ars_weight, **parts)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ddbench.training.recipe import AUGMENTS, OPTIMIZERS, SCHEDULES, TeacherConfig, TrainRecipe
+from ddbench.training.recipe import TeacherConfig, TrainRecipe
 from ddbench.utils import DDBenchError
 
 KINDS = ("dc", "kd")
@@ -27,7 +27,6 @@ KINDS = ("dc", "kd")
 # static: stored logits if present, else the teacher's logits on the un-augmented images, computed once (INFER);
 # teacher: an online teacher (ensemble) relabels every augmented, mixed batch (SRe2L/CDA "relabel").
 LABEL_SOURCES = ("artifact", "hard", "stored", "static", "teacher")
-MIX_SPACES = ("logits", "probs")
 SCORES = ("hlr", "ior", "lrs", "ars")
 
 
@@ -58,26 +57,21 @@ class FullDataConfig:
 
 
 @dataclass
-class EvalProtocol:
-    """A named training recipe (conf/eval/*.yaml). `dc` is the shared hard-label protocol, `kd` the shared soft one.
+class EvalProtocol(TrainRecipe):
+    """A named training recipe (conf/eval/*.yaml): the TrainRecipe fields plus what the evaluator needs.
 
-    kind dc: epochs is used with augmentation, epochs_no_aug without; lr is multiplied by lr_decay_factor once,
-    at int(epochs * lr_decay_at), when the momentum buffers are also reset (as the reference re-creates its SGD).
-    kind kd: optimizer/schedule/augment/mixup/cutmix/temperature/label_source below; schedule cosine anneals
-    the lr per step to exactly 0 after the last step.
+    kind dc resolves to SGD with the step schedule: lr × lr_decay_factor once, at int(epochs · lr_decay_at),
+    where the momentum buffers are also reset (as the reference re-creates its SGD), and the soft loss at
+    T = 1; epochs is used with augmentation, epochs_no_aug without. kind kd uses optimizer, schedule,
+    augment, mixup/cutmix, temperature and label_source as given. Only fields whose default differs from
+    TrainRecipe's are redeclared here.
     """
 
     name: str = "dc"
     kind: str = "dc"
     epochs: int = 1000
     epochs_no_aug: int = 300
-    lr: float = 0.01
     learned_lr: bool = True
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    lr_decay_at: float = 0.5
-    lr_decay_factor: float = 0.1
     augment: str = "dsa"
     num_seeds: int = 5
     seed_base: int = 0
@@ -85,18 +79,7 @@ class EvalProtocol:
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     test_batch_size: int = 1024
     vmap: bool | str = "auto"
-    # --- kind kd
-    optimizer: str = "sgd"
-    schedule: str = "cosine"
     label_source: str = "artifact"
-    temperature: float = 1.0
-    t2_scaling: bool = False
-    mixup: float = 0.0  # Beta(a, a) mixing coefficient; 0 = off
-    cutmix: float = 0.0  # Beta(b, b) for the box area; 0 = off (both on: one of the two per step, 50/50)
-    mix_prob: float = 1.0  # probability that a step mixes at all
-    mix_space: str = "logits"  # stored targets under mixing: interpolate logits (INFER) or probabilities
-    crop_padding: int = 4
-    flip: bool = True
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     # --- fair scores and model selection
     scores: list[str] = field(default_factory=list)
@@ -130,14 +113,12 @@ class EvalProtocol:
 
     def validate(self) -> None:
         _check_choice("kind", self.kind, KINDS)
-        if self.augment not in AUGMENTS:
-            raise DDBenchError(f"eval.augment must be 'dsa', 'crop_flip' or 'none', got {self.augment!r}.")
+        self.check_recipe("eval")
+        if self.optimizer == "gsam":
+            raise DDBenchError("eval.optimizer must be 'sgd' or 'adamw' ('gsam' is for experts).")
         if self.kind == "dc" and self.augment == "crop_flip":
             raise DDBenchError("eval.augment=crop_flip needs eval.kind=kd; kind dc supports 'dsa' or 'none'.")
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("label_source", self.label_source, LABEL_SOURCES)
-        _check_choice("mix_space", self.mix_space, MIX_SPACES)
         if self.kind == "dc" and self.label_source not in ("artifact", "hard"):
             raise DDBenchError(f"eval.label_source={self.label_source!r} needs eval.kind=kd "
                                "(kind dc trains on the artifact's labels).")
@@ -145,10 +126,6 @@ class EvalProtocol:
             raise DDBenchError("eval.mixup/eval.cutmix need eval.kind=kd.")
         if self.num_seeds < 1 or not self.models:
             raise DDBenchError("eval.num_seeds must be >= 1 and eval.models must name at least one model.")
-        if not self.temperature > 0:
-            raise DDBenchError(f"eval.temperature must be > 0, got {self.temperature}.")
-        if self.mixup < 0 or self.cutmix < 0 or not 0 <= self.mix_prob <= 1:
-            raise DDBenchError("eval.mixup and eval.cutmix must be >= 0 (0 = off) and eval.mix_prob in [0, 1].")
         unknown = sorted(set(self.scores) - set(SCORES))
         if unknown:
             raise DDBenchError(f"unknown eval.scores {unknown}; valid scores: {', '.join(SCORES)}.")
@@ -160,9 +137,7 @@ class EvalProtocol:
             raise DDBenchError(f"eval.val_fraction must be in (0, 1), got {self.val_fraction}.")
         if not self.teacher.models:
             raise DDBenchError("eval.teacher.models must name at least one model.")
-        _check_choice("teacher.optimizer", self.teacher.optimizer, OPTIMIZERS)
-        _check_choice("teacher.schedule", self.teacher.schedule, SCHEDULES)
-        _check_choice("teacher.augment", self.teacher.augment, AUGMENTS)
+        self.teacher.check_recipe("eval.teacher")
 
     @property
     def seeds(self) -> list[int]:
@@ -173,15 +148,11 @@ class EvalProtocol:
         return self.epochs_no_aug if self.augment == "none" else self.epochs
 
     def recipe(self, lr: float) -> TrainRecipe:
-        """The kd trainer's recipe of this protocol at learning rate `lr`."""
-        return TrainRecipe(
-            epochs=self.train_epochs, batch_size=self.batch_size, lr=lr, optimizer=self.optimizer,
-            schedule=self.schedule, momentum=self.momentum, weight_decay=self.weight_decay,
-            lr_decay_at=self.lr_decay_at, lr_decay_factor=self.lr_decay_factor, augment=self.augment,
-            crop_padding=self.crop_padding, flip=self.flip, mixup=self.mixup, cutmix=self.cutmix,
-            mix_prob=self.mix_prob, mix_space=self.mix_space, temperature=self.temperature,
-            t2_scaling=self.t2_scaling,
-        )
+        """The trainer's recipe of this protocol at learning rate `lr` (kind dc: SGD, step schedule, T = 1)."""
+        changes: dict[str, Any] = {"epochs": self.train_epochs, "lr": lr}
+        if self.kind == "dc":
+            changes.update(optimizer="sgd", schedule="step", temperature=1.0, t2_scaling=False)
+        return TrainRecipe.of(self, **changes)
 
     def hard_variant(self) -> "EvalProtocol":
         """The same recipe trained on hard labels (no teacher, no target mixing): the "syn-hard" of HLR."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from ddbench.utils import DDBenchError
+from ddbench.utils import DDBenchError, mean_std
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -50,12 +50,6 @@ def ars(syn_aug: float, rdm_aug: float, syn_noaug: float, rdm_noaug: float, weig
     """Augmentation-robust score from the four accuracies (fractions)."""
     beta = weight * ior(syn_aug, rdm_aug) + (1 - weight) * ior(syn_noaug, rdm_noaug)
     return exp_normalize(beta)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = math.fsum(values) / n
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
 
 
 def seed_scores(

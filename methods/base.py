@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import abc
 import importlib
+import logging
+import pkgutil
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import Any, Callable
 
 import torch
 
 from ddbench.cache import Cache
 from ddbench.data import Splits
+from ddbench.methods.options import MethodOptions
 from ddbench.utils import DDBenchError, make_generator
 
-BUILTIN_MODULES = ("selection", "dm", "mtt", "ftd", "datm")
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "ddbench.methods"
 
 
 @dataclass
@@ -36,13 +41,15 @@ class DistillDiverged(DDBenchError):
 
 
 class Method(abc.ABC):
-    """Base class. Subclasses set `name` and implement `distill()`.
+    """Base class. Subclasses are registered with @register_method(name), declare `Options` (a MethodOptions
+    dataclass: the keys of their YAML) and implement `distill()`.
 
-    options: the method's config block (a plain dict); model: the distillation model's config
-    (name + kwargs); the generator on `device` is seeded from the run's seed.
+    options: the method's config block (a dict, validated into `self.opts`); model: the distillation model's
+    config (name + kwargs); the generator on `device` is seeded from the run's seed.
     """
 
     name = "base"
+    Options: type[MethodOptions] = MethodOptions
 
     def __init__(
         self,
@@ -62,14 +69,20 @@ class Method(abc.ABC):
         self.ipc = ipc
         self.seed = seed
         self.device = device
-        self.options = dict(options or {})
+        self.opts = self.Options.from_dict(options, self.name)
         self.model_cfg = dict(model or {"name": "convnet"})
         self.augment_cfg = dict(augment or {})
         self.cache = cache or Cache()
         self.generator = make_generator(seed, device)
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """The validated options as a plain dict."""
+        return self.opts.to_dict()
+
     def option(self, key: str, default: Any = None) -> Any:
-        return self.options.get(key, default)
+        """The validated value of option `key` (`default` only for keys the Options class lacks)."""
+        return getattr(self.opts, key, default)
 
     def hard_labels(self) -> torch.Tensor:
         """Class-major hard labels [ipc*K]."""
@@ -95,6 +108,7 @@ class Method(abc.ABC):
 
 
 _METHODS: dict[str, type[Method]] = {}
+_SCANNED: set[str] = set()
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -106,18 +120,46 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     return wrap
 
 
-def _load_builtin() -> None:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"ddbench.methods.{module}")
+def _discover() -> None:
+    """Import every module of the ddbench.methods package, then every `ddbench.methods` entry point (a module
+    that registers its methods, or a Method subclass registered under the entry point's name)."""
+    import ddbench.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        if info.name not in _SCANNED:
+            _SCANNED.add(info.name)
+            importlib.import_module(info.name)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        key = f"{ep.name}={ep.value}"
+        if key in _SCANNED:
+            continue
+        _SCANNED.add(key)
+        try:
+            loaded = ep.load()
+        except Exception as err:  # noqa: BLE001 - a broken plug-in must not hide the other methods
+            log.warning("cannot load method plug-in %s (%s): %s", ep.name, ep.value, err)
+            continue
+        if isinstance(loaded, type) and issubclass(loaded, Method) and loaded not in _METHODS.values():
+            register_method(ep.name)(loaded)
 
 
 def list_methods() -> list[str]:
-    _load_builtin()
+    _discover()
     return sorted(_METHODS)
 
 
-def create_method(name: str, **kwargs: Any) -> Method:
-    _load_builtin()
+def method_class(name: str) -> type[Method]:
+    """The registered class of method `name`; a DDBenchError lists the valid names."""
+    _discover()
     if name not in _METHODS:
         raise DDBenchError(f"unknown method {name!r}; valid names: {', '.join(list_methods())}.")
-    return _METHODS[name](**kwargs)
+    return _METHODS[name]
+
+
+def method_options(name: str, options: dict[str, Any] | None) -> MethodOptions:
+    """The validated options of method `name` (cheap: no data is needed)."""
+    return method_class(name).Options.from_dict(options, name)
+
+
+def create_method(name: str, **kwargs: Any) -> Method:
+    return method_class(name)(**kwargs)

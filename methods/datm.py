@@ -14,17 +14,30 @@ The artifact stores the learned soft labels (float logits) and the learned step 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from ddbench.methods.base import register_method
-from ddbench.methods.trajectory import TrajectoryMatching
+from ddbench.methods.experts import ExpertSpec
+from ddbench.methods.options import option
+from ddbench.methods.trajectory import INITS, LABELS, TrajectoryMatching, TrajectoryOptions
+
+
+@dataclass
+class DATMOptions(TrajectoryOptions):
+    experts: ExpertSpec = field(default_factory=lambda: ExpertSpec(optimizer="gsam", epochs=100, gsam_alpha=0.3))
+    iterations: int = option(10000, low=0)
+    syn_steps: int = option(80, low=1)
+    expert_epochs: int = option(2, low=1)
+    max_start_epoch: int = option(20, low=1)
+    sequential_generation: bool = True
+    current_max_start_epoch: int | None = option(10, low=1)
+    expansion_end: int | None = option(1000, low=1)
+    lr_img: float = option(100.0, positive=True)
+    init: str = option("correct_real", choices=INITS)
+    labels: str = option("soft", choices=LABELS)
+    threshold: float | None = 1.0
 
 
 @register_method("datm")
 class DATM(TrajectoryMatching):
-    defaults = {
-        **TrajectoryMatching.defaults,
-        "experts": {"optimizer": "gsam", "epochs": 100, "rho": 0.01, "gsam_alpha": 0.3, "adaptive": True},
-        "iterations": 10000, "syn_steps": 80, "expert_epochs": 2, "min_start_epoch": 0, "max_start_epoch": 20,
-        "sequential_generation": True, "current_max_start_epoch": 10, "expansion_end": 1000,
-        "batch_syn": None, "lr_img": 100.0, "lr_lr": 1e-5, "lr_teacher": 0.01, "lr_y": 2.0, "momentum_y": 0.9,
-        "init": "correct_real", "labels": "soft", "threshold": 1.0,
-    }
+    Options = DATMOptions

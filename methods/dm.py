@@ -2,16 +2,24 @@
 
 Each iteration samples a fresh randomly initialised network and matches, per class, the mean embedding of a
 real batch and of the synthetic images, both under the same Siamese DSA draw. All classes are processed in one
-batched forward pass: loss = Σ_c ||mean φ(A(x_real,c)) − mean φ(A(x_syn,c))||².
+batched forward pass: loss = Σ_c ||mean φ(A(x_real,c)) − mean φ(A(x_syn,c))||². The images take momentum-SGD
+steps; divergence is checked on the device and long runs resume from checkpoints (methods/loopkit.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
-from ddbench.methods.base import DistillResult, Method, register_method
+from ddbench.methods.base import DistillDiverged, DistillResult, Method, register_method
+from ddbench.methods.loopkit import Checkpointer, DivergenceGuard, MomentumSGD
+from ddbench.methods.options import MethodOptions, option
 from ddbench.models import create_model
+from ddbench.training import data_fingerprint
+
+VOLATILE_OPTIONS = ("progress", "resume", "checkpoint_every", "guard_every", "iterations")
 
 
 def reinitialize(model: torch.nn.Module) -> None:
@@ -21,39 +29,72 @@ def reinitialize(model: torch.nn.Module) -> None:
             module.reset_parameters()
 
 
+@dataclass
+class DMOptions(MethodOptions):
+    """main_DM.py defaults (conf/method/dm.yaml)."""
+
+    iterations: int = option(20000, low=1)
+    lr_img: float = option(1.0, positive=True)
+    momentum: float = option(0.5, low=0)
+    batch_real: int = option(256, low=1)
+    init: str = option("real", choices=("real", "noise"))
+    checkpoint_every: int = option(2000, low=0)  # iterations between checkpoints (0 = never)
+    resume: str = "auto"  # auto | true | false
+    guard_every: int = option(100, low=1)  # iterations between divergence checks (one host sync each)
+
+
 @register_method("dm")
 class DistributionMatching(Method):
+    Options = DMOptions
+    opts: DMOptions
+
     def distill(self) -> DistillResult:
+        o = self.opts
         torch.manual_seed(self.seed)  # the random embedders come from the global RNG: seed it from the run's seed
         info, train = self.info, self.splits.train
-        iterations = int(self.option("iterations", 20000))
-        batch_real = int(self.option("batch_real", 256))
         ipc, n_classes = self.ipc, info.num_classes
-        if self.option("init", "real") == "real":
+        if o.init == "real":
             syn = self.real_init()
         else:
             syn = torch.randn((ipc * n_classes, *info.shape), device=self.device, generator=self.generator)
-        syn.requires_grad_(True)
-        optimizer = torch.optim.SGD([syn], lr=float(self.option("lr_img", 1.0)), momentum=float(self.option("momentum", 0.5)))
+        optimizer = {"images": MomentumSGD(o.lr_img, o.momentum)}
         kwargs = {k: v for k, v in self.model_cfg.items() if k != "name"}
         net = create_model(self.model_cfg["name"], info.channels, n_classes, info.image_size, **kwargs).to(self.device)
         net.train()
         for p in net.parameters():
             p.requires_grad_(False)
         dsa = self.make_augment()
-        for _ in tqdm(range(iterations), desc="dm", disable=not self.option("progress", False)):
+        key = {"method": self.name, "options": {k: v for k, v in o.to_dict().items() if k not in VOLATILE_OPTIONS},
+               "model": self.model_cfg, "augment": self.augment_cfg, "ipc": ipc, "seed": self.seed,
+               "data": data_fingerprint(self.splits), "device": self.device.type}
+        ckpt = Checkpointer(self.cache, key, o.checkpoint_every, o.resume, self.generator, global_rng=True)
+        start, _ = ckpt.load({"images": syn}, optimizer, o.iterations)
+        guard = DivergenceGuard({"images": syn}, o.guard_every)
+        loss = torch.zeros((), device=self.device)
+        for it in tqdm(range(start, o.iterations), desc="dm", disable=not o.progress, initial=start,
+                       total=o.iterations):
             reinitialize(net)
-            rows = train.sample_per_class(batch_real, self.generator)  # [K, batch_real]
+            rows = train.sample_per_class(o.batch_real, self.generator)  # [K, batch_real]
             real = train.images[rows.flatten()]
-            fake = syn
+            x = syn.detach().requires_grad_(True)
+            fake = x
             if dsa is not None:
                 draw = dsa.sample(tuple(real.shape), self.generator, groups=n_classes, per_sample=False)
-                real, fake = dsa.apply(real, draw), dsa.apply(syn, draw)
+                real, fake = dsa.apply(real, draw), dsa.apply(x, draw)
             with torch.no_grad():
                 real_mean = net.embed(real).view(n_classes, rows.shape[1], -1).mean(1)
             syn_mean = net.embed(fake).view(n_classes, ipc, -1).mean(1)
             loss = (real_mean - syn_mean).pow(2).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            (grad,) = torch.autograd.grad(loss, x)
+            optimizer["images"].step(syn, grad)
+            guard.update(it, {"images": syn}, DivergenceGuard.finite(syn))
+            done = it + 1
+            if guard.due(done, o.iterations) and (bad := guard.first_bad()) is not None:
+                raise DistillDiverged(
+                    f"dm diverged at iteration {bad}: the synthetic images became NaN/inf. No record is written. "
+                    f"Lower method.lr_img; the state after iteration {bad - 1} is kept as the last good artifact.",
+                    DistillResult(guard.good["images"].clone(), self.hard_labels(), meta={"diverged_at": bad}))
+            if ckpt.due(done, o.iterations):
+                ckpt.save(done, {"images": syn}, optimizer)
+        ckpt.clear()
         return DistillResult(syn.detach(), self.hard_labels(), meta={"final_loss": float(loss.detach())})

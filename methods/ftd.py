@@ -9,15 +9,25 @@ non-EMA images).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from ddbench.methods.base import register_method
-from ddbench.methods.trajectory import TrajectoryMatching
+from ddbench.methods.experts import ExpertSpec
+from ddbench.methods.options import option
+from ddbench.methods.trajectory import TrajectoryMatching, TrajectoryOptions
+
+
+@dataclass
+class FTDOptions(TrajectoryOptions):
+    experts: ExpertSpec = field(default_factory=lambda: ExpertSpec(optimizer="gsam", epochs=50, gsam_alpha=0.3))
+    syn_steps: int = option(30, low=1)
+    expert_epochs: int = option(2, low=1)
+    max_start_epoch: int = option(20, low=1)
+    lr_img: float = option(100.0, positive=True)
+    lr_teacher: float = option(0.001, positive=True)
+    ema_decay: float | None = option(0.9995, low=0)
 
 
 @register_method("ftd")
 class FTD(TrajectoryMatching):
-    defaults = {
-        **TrajectoryMatching.defaults,
-        "experts": {"optimizer": "gsam", "epochs": 50, "rho": 0.01, "gsam_alpha": 0.3, "adaptive": True},
-        "syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20,
-        "lr_img": 100.0, "lr_lr": 1e-5, "lr_teacher": 0.001, "ema_decay": 0.9995,
-    }
+    Options = FTDOptions

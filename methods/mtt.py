@@ -8,15 +8,24 @@ momentum-0.5 SGD on the images (lr_img) and on α (lr_lr). See methods/trajector
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from ddbench.methods.base import register_method
-from ddbench.methods.trajectory import TrajectoryMatching
+from ddbench.methods.experts import ExpertSpec
+from ddbench.methods.options import option
+from ddbench.methods.trajectory import TrajectoryMatching, TrajectoryOptions
+
+
+@dataclass
+class MTTOptions(TrajectoryOptions):
+    experts: ExpertSpec = field(default_factory=lambda: ExpertSpec(optimizer="sgd", epochs=50))
+    syn_steps: int = option(30, low=1)
+    expert_epochs: int = option(2, low=1)
+    max_start_epoch: int = option(20, low=1)
+    lr_img: float = option(100.0, positive=True)
+    lr_teacher: float = option(0.001, positive=True)
 
 
 @register_method("mtt")
 class MTT(TrajectoryMatching):
-    defaults = {
-        **TrajectoryMatching.defaults,
-        "experts": {"optimizer": "sgd", "epochs": 50},
-        "syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20,
-        "lr_img": 100.0, "lr_lr": 1e-5, "lr_teacher": 0.001,
-    }
+    Options = MTTOptions

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ddbench.methods.base import DistillResult, Method, register_method
+from ddbench.methods.options import MethodOptions, option
 from ddbench.training.embedding import train_embeddings
+
+
+@dataclass
+class EmbeddingOptions(MethodOptions):
+    embed_epochs: int = option(10, low=1)  # epochs of the embedding network on the real train set (cached)
 
 
 @register_method("random")
@@ -19,13 +27,15 @@ class RandomSubset(Method):
 class EmbeddingSelection(Method):
     """Selects ipc rows per class from features of a network trained `embed_epochs` on the real data."""
 
+    Options = EmbeddingOptions
+
     def select(self, features: torch.Tensor) -> torch.Tensor:
         """features [n, D] of one class → indices [ipc] into them."""
         raise TypeError(f"{type(self).__name__} must define select()")
 
     def distill(self) -> DistillResult:
         features = train_embeddings(
-            self.splits, self.model_cfg, int(self.option("embed_epochs", 10)), self.seed, self.device, self.cache
+            self.splits, self.model_cfg, self.opts.embed_epochs, self.seed, self.device, self.cache
         )
         train = self.splits.train
         chosen = []

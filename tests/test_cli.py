@@ -278,7 +278,7 @@ def test_eval_reference_folder_with_dataset(runs):
     assert run.returncode == 0, run.explain()
     record = single_record(run)
     assert (record["method"], record["dataset"], record["ipc"]) == ("imported", "digits", 1)
-    assert record["artifact"] is None
+    assert record["artifact"] == str(Path(run.args[1].split("=", 1)[1]).resolve())  # the evaluated folder
     assert "imported | digits | ipc 1 |" in run.stdout
 
 
@@ -291,6 +291,7 @@ def test_eval_artifact_takes_the_dataset_from_the_artifact(runs):
     # ipc and method come from the artifact (the config's defaults are ipc=10), dataset too
     assert (record["method"], record["dataset"], record["ipc"]) == ("dm", "digits", 1)
     assert record["command"].startswith("ddbench-eval artifact=")
+    assert record["artifact"] == str((dm.out / "artifact").resolve())
     assert "dm | digits | ipc 1 |" in run.stdout
 
 

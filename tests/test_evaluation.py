@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddbench.augment import DSA
 from ddbench.evaluation import EvalProtocol, evaluate_synthetic
-from ddbench.training import NetworkBatch, train_networks
+from ddbench.training import NetworkBatch, TrainRecipe, train
 from ddbench.training import test_accuracy as accuracy_of  # not named test_* here, or pytest collects it
-from ddbench.training.trainer import classification_loss
+from ddbench.training.losses import hard_loss, kd_loss
 from ddbench.models import unstack_state
 from ddbench.utils import DDBenchError, make_generator
 
@@ -35,6 +34,13 @@ def states(nets: NetworkBatch) -> list[dict[str, torch.Tensor]]:
 def max_gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def dc_recipe(epochs: int, lr: float, batch_size: int, augment: str = "none", **changes) -> TrainRecipe:
+    """The dc protocol's recipe (SGD 0.9 / wd 5e-4, step decay with momentum reset) with these settings."""
+    proto = EvalProtocol.from_dict({"epochs": epochs, "epochs_no_aug": epochs, "batch_size": batch_size,
+                                    "augment": augment, **changes})
+    return proto.recipe(lr)
 
 
 def fast_protocol(**overrides) -> EvalProtocol:
@@ -80,7 +86,7 @@ def test_vmapped_and_looped_training_are_identical(digits_small):
     for vmap in (True, False):
         nets = NetworkBatch("convnet", digits_small.info, [0, 1], CPU, vmap=vmap, width=8)
         assert nets.vmapped is vmap
-        train_networks(nets, x, y, epochs=3, lr=0.01, batch_size=8, generator=make_generator(1), augment=DSA())
+        train(nets, x, y, dc_recipe(3, 0.01, 8, augment="dsa"), make_generator(1))
         results[vmap] = (states(nets), accuracy_of(nets, digits_small.test))
     (vm_states, vm_acc), (loop_states, loop_acc) = results[True], results[False]
     for a, b in zip(vm_states, loop_states):
@@ -97,7 +103,7 @@ def test_a_network_trains_the_same_alone_and_in_a_batch(digits_small):
     trained = {}
     for seeds in ([1], [0, 1, 2]):
         nets = NetworkBatch("convnet", digits_small.info, seeds, CPU, vmap=True, width=8)
-        train_networks(nets, x, y, epochs=4, lr=0.01, batch_size=len(x), generator=make_generator(5))
+        train(nets, x, y, dc_recipe(4, 0.01, len(x)), make_generator(5))
         trained[len(seeds)] = states(nets)
     alone, batch = trained[1][0], trained[3]
     assert max_gap(alone, batch[1]) < 1e-5
@@ -111,68 +117,52 @@ def test_initial_weights_depend_only_on_the_seed(digits_small):
     assert max_gap(states(a)[1], states(b)[0]) == 0
 
 
-class RecordingSGD(torch.optim.SGD):
-    """torch.optim.SGD that logs when it is created (global step count and lr) and its state at first step."""
-
-    log: list[dict] = []
-    steps = 0
-
-    def __init__(self, params, **kwargs):
-        super().__init__(params, **kwargs)
-        RecordingSGD.log.append({"at_step": RecordingSGD.steps, "lr": kwargs["lr"], "state_at_first_step": None})
-        self._entry = RecordingSGD.log[-1]
-
-    def step(self, closure=None):
-        if self._entry["state_at_first_step"] is None:
-            self._entry["state_at_first_step"] = len(self.state)
-        RecordingSGD.steps += 1
-        return super().step(closure)
+def trained_state(info, x, y, recipe: TrainRecipe, start: dict | None = None) -> dict[str, torch.Tensor]:
+    """The weights of one MLP (seed 0) trained with `recipe`, from its initialisation or from `start`."""
+    nets = NetworkBatch("mlp", info, [0], CPU, vmap=False, width=8)
+    if start is not None:
+        nets.models[0].load_state_dict(start)
+    train(nets, x, y, recipe, make_generator(0))
+    return states(nets)[0]
 
 
-@pytest.fixture
-def recording_sgd(monkeypatch):
-    RecordingSGD.log, RecordingSGD.steps = [], 0
-    monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
-    return RecordingSGD
-
-
-@pytest.mark.parametrize("epochs,decay_at,decay_epoch", [(10, 0.5, 5), (5, 0.5, 2), (4, 0.75, 3)])
-def test_lr_decays_once_at_the_configured_epoch_with_fresh_momentum(digits_small, recording_sgd, epochs, decay_at,
-                                                                    decay_epoch):
-    x, y = tiny_set(digits_small, 1)  # 10 images, batch 4: 3 steps per epoch
-    nets = NetworkBatch("mlp", digits_small.info, [0, 1], CPU, vmap=False, width=8)
-    train_networks(nets, x, y, epochs=epochs, lr=0.1, batch_size=4, generator=make_generator(0),
-                   lr_decay_at=decay_at, lr_decay_factor=0.1)
-    log = recording_sgd.log
-    assert [entry["at_step"] for entry in log] == [0, 3 * decay_epoch]
-    assert log[0]["lr"] == pytest.approx(0.1) and log[1]["lr"] == pytest.approx(0.01)
-    assert log[1]["state_at_first_step"] == 0  # momentum buffers start afresh after the decay
-    assert recording_sgd.steps == 3 * epochs
-
-
-def test_no_decay_when_the_factor_is_one(digits_small, recording_sgd):
+@pytest.mark.parametrize("epochs,decay_at,decay_epoch", [(4, 0.5, 2), (3, 0.5, 1), (4, 0.75, 3)])
+def test_lr_decays_once_at_the_configured_epoch_with_fresh_momentum(digits_small, epochs, decay_at, decay_epoch):
+    # one full batch per epoch and no augmentation: the data order cannot matter, so training with the decay
+    # equals `decay_epoch` epochs at lr, then a fresh trainer (fresh momentum) at lr x 0.1 for the rest
     x, y = tiny_set(digits_small, 1)
-    nets = NetworkBatch("mlp", digits_small.info, [0], CPU, vmap=False, width=8)
-    train_networks(nets, x, y, epochs=4, lr=0.1, batch_size=10, generator=make_generator(0), lr_decay_factor=1.0)
-    assert [entry["lr"] for entry in recording_sgd.log] == [0.1]
+    decayed = trained_state(digits_small.info, x, y, dc_recipe(epochs, 0.1, len(x), lr_decay_at=decay_at))
+    first = trained_state(digits_small.info, x, y, dc_recipe(decay_epoch, 0.1, len(x), lr_decay_factor=1.0))
+    rest = trained_state(digits_small.info, x, y, dc_recipe(epochs - decay_epoch, 0.01, len(x), lr_decay_factor=1.0), start=first)
+    assert max_gap(decayed, rest) < 1e-6
+    kept = trained_state(digits_small.info, x, y, dc_recipe(epochs, 0.1, len(x), lr_decay_factor=1.0))
+    assert max_gap(decayed, kept) > 1e-4
+
+
+def test_no_decay_and_no_momentum_reset_when_the_factor_is_one(digits_small):
+    x, y = tiny_set(digits_small, 1)
+    step = trained_state(digits_small.info, x, y, dc_recipe(4, 0.1, len(x), lr_decay_factor=1.0))
+    constant = trained_state(digits_small.info, x, y, TrainRecipe(epochs=4, batch_size=len(x), lr=0.1, schedule="constant", augment="none"))
+    assert max_gap(step, constant) == 0
 
 
 # ---------------------------------------------------------------------------------------------- soft labels
 
 
-def test_soft_cross_entropy_matches_hard_for_one_hot_logits():
+def test_soft_loss_matches_hard_for_one_hot_logits():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 6, 5, generator=gen)  # [S,B,K]
     hard = torch.randint(5, (2, 6), generator=gen)
     soft = 100.0 * F.one_hot(hard, 5).float()
     expected = sum(F.cross_entropy(logits[s], hard[s]) for s in range(2))
-    assert torch.allclose(classification_loss(logits, hard), expected, atol=1e-5)
-    assert torch.allclose(classification_loss(logits, soft), expected, atol=1e-5)
-    # general soft targets: cross-entropy against softmax(targets), mean over the batch, summed over networks
+    assert torch.allclose(hard_loss(logits, hard), expected, atol=1e-5)
+    assert torch.allclose(kd_loss(logits, soft), expected, atol=1e-5)
+    # general soft targets: KL = cross-entropy against softmax(targets) minus its entropy, batch mean, summed
     targets = torch.randn(2, 6, 5, generator=gen)
-    manual = -(targets.softmax(-1) * logits.log_softmax(-1)).sum(-1).mean(-1).sum()
-    assert torch.allclose(classification_loss(logits, targets), manual, atol=1e-5)
-    assert not torch.allclose(classification_loss(logits, targets), expected, atol=1e-3)
+    p = targets.softmax(-1)
+    manual = (-(p * logits.log_softmax(-1)).sum(-1) + (p * p.log()).sum(-1)).mean(-1).sum()
+    assert torch.allclose(kd_loss(logits, targets), manual, atol=1e-5)
+    assert not torch.allclose(kd_loss(logits, targets), expected, atol=1e-3)
 
 
 def test_training_on_one_hot_soft_labels_equals_hard_labels(digits_small):
@@ -180,7 +170,7 @@ def test_training_on_one_hot_soft_labels_equals_hard_labels(digits_small):
     trained = []
     for targets in (y, 100.0 * F.one_hot(y, 10).float()):
         nets = NetworkBatch("mlp", digits_small.info, [0], CPU, vmap=False, width=16)
-        train_networks(nets, x, targets, epochs=3, lr=0.05, batch_size=4, generator=make_generator(2))
+        train(nets, x, targets, dc_recipe(3, 0.05, 4), make_generator(2))
         trained.append(states(nets)[0])
     assert max_gap(*trained) < 1e-5
 

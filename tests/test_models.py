@@ -35,10 +35,7 @@ def _count(model: nn.Module) -> int:
 def test_every_model_builds_and_runs(name, shape):
     channels, size, classes = shape
     torch.manual_seed(0)
-    try:
-        model = create_model(name, channels, classes, size)
-    except DDBenchError as err:
-        pytest.skip(f"{name} does not support {shape}: {err}")
+    model = create_model(name, channels, classes, size)  # every model supports every shape of SHAPES
     model.eval()
     seen = {}
 
@@ -107,6 +104,19 @@ def test_resnet_variants_structure():
     assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1) and cifar.conv1.in_channels == 1
     assert isinstance(cifar.maxpool, nn.Identity)
     assert "fc.weight" in cifar.state_dict()
+
+
+def test_resnet18_ap_classifies_the_flattened_feature_map_as_the_dc_code():
+    # the reference's final avg_pool2d(kernel_size=1) is a no-op: the classifier reads 512 x h x w features
+    cifar = create_model("resnet18_ap", 3, 10, 32)
+    assert _count(cifar) == 11_250_762 and cifar.classifier.in_features == 512 * 4 * 4
+    mnist = create_model("resnet18_ap_bn", 1, 10, 28)
+    assert mnist.classifier.in_features == 512 * 3 * 3
+    x = torch.randn(2, 1, 28, 28)
+    mnist.eval()
+    with torch.no_grad():
+        assert mnist.embed(x).shape == (2, 512 * 3 * 3)
+    assert create_model("resnet18", 3, 10, 32).classifier.in_features == 512  # the plain one still pools
 
 
 def test_unknown_model_lists_valid_names():

@@ -15,17 +15,17 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-import ddbench.training.kd as kd
-import ddbench.training.trainer as trainer
 from ddbench import pipeline
 from ddbench.cache import Cache
 from ddbench.evaluation import EvalProtocol, evaluate_synthetic
 from ddbench.training import NetworkBatch
 from ddbench.evaluation import evaluate as evaluate_module
-from ddbench.training.kd import kd_loss, lr_at, train_kd
+from ddbench.training import train
+from ddbench.training.losses import kd_loss
 from ddbench.training.recipe import TrainRecipe
+from ddbench.training.trainer import lr_at
 from ddbench.evaluation.selection import holdout_split
-from ddbench.training.teacher import Teacher, load_teacher
+from ddbench.training.teacher import load_teacher
 from ddbench.training.transforms import cutmix_images, mix_targets, random_crop_flip
 from ddbench.models import unstack_state
 from ddbench.utils import DDBenchError, make_generator
@@ -91,138 +91,61 @@ def test_ddbench_run_kd_smoke_writes_a_soft_kd_record(tmp_path, shared_cache):
 # ---------------------------------------------------------------------------- every protocol, under smoke
 
 
-class Recorder:
-    """Spies on the losses, the teacher and the student inputs during a run."""
-
-    def __init__(self, monkeypatch):
-        self.kd, self.hard, self.soft_ce, self.teacher_calls, self.inputs, self.train_kwargs = [], [], [], [], [], []
-        self.recipes = []
-        real_kd, real_hard, real_ce = kd.kd_loss, kd.hard_loss, trainer.classification_loss
-        real_teacher, real_forward = Teacher.__call__, NetworkBatch.__call__
-        real_train, real_train_kd = trainer.train_networks, evaluate_module.train_kd
-
-        def kd_spy(student, target, temperature=1.0, t2_scaling=False):
-            self.kd.append((target.detach().clone(), temperature, t2_scaling))
-            return real_kd(student, target, temperature, t2_scaling)
-
-        def hard_spy(student, labels, lam=None, partner=None):
-            self.hard.append(labels.clone())
-            return real_hard(student, labels, lam, partner)
-
-        def ce_spy(logits, targets):
-            self.soft_ce.append(targets.detach().clone())
-            return real_ce(logits, targets)
-
-        def teacher_spy(teacher, x):
-            out = real_teacher(teacher, x)
-            self.teacher_calls.append((x.detach().clone(), out.detach().clone()))
-            return out
-
-        def forward_spy(nets, x):
-            if torch.is_grad_enabled():
-                self.inputs.append(x.detach().clone())
-            return real_forward(nets, x)
-
-        def train_spy(*args, **kwargs):
-            self.train_kwargs.append(kwargs)
-            return real_train(*args, **kwargs)
-
-        def train_kd_spy(nets, images, targets, recipe, *args, **kwargs):
-            self.recipes.append(recipe)
-            return real_train_kd(nets, images, targets, recipe, *args, **kwargs)
-
-        monkeypatch.setattr(kd, "kd_loss", kd_spy)
-        monkeypatch.setattr(kd, "hard_loss", hard_spy)
-        monkeypatch.setattr(trainer, "classification_loss", ce_spy)
-        monkeypatch.setattr(Teacher, "__call__", teacher_spy)
-        monkeypatch.setattr(NetworkBatch, "__call__", forward_spy)
-        monkeypatch.setattr(trainer, "train_networks", train_spy)
-        monkeypatch.setattr(evaluate_module, "train_kd", train_kd_spy)
-
-
-def check_hard_dc(rec, result, proto, artifact):
+def check_hard_dc(result, proto, recipe, ev, artifact):
     assert result.label_type == "hard" and proto.kind == "dc"
-    assert rec.soft_ce and all(t.dtype == torch.int64 for t in rec.soft_ce)  # cross-entropy on the hard labels
-    assert not rec.kd and not rec.teacher_calls
-    assert rec.train_kwargs[0]["augment"] is not None  # DSA
+    assert ev.label_mode(proto, artifact[1]) == "hard"  # cross-entropy on the hard labels
+    assert (recipe.optimizer, recipe.schedule, recipe.augment, recipe.temperature) == ("sgd", "step", "dsa", 1.0)
 
 
-def check_dc(rec, result, proto, artifact):
-    check_hard_dc(rec, result, proto, artifact)
+def check_dc(result, proto, recipe, ev, artifact):
+    check_hard_dc(result, proto, recipe, ev, artifact)
     assert result.lr == pytest.approx(0.02) and result.lr_source == "learned"  # dc takes a learned lr
-    assert rec.train_kwargs[0]["batch_size"] == 256 and rec.train_kwargs[0]["lr_decay_at"] == 0.5
+    assert recipe.batch_size == 256 and recipe.lr_decay_at == 0.5 and recipe.lr_decay_factor == 0.1
 
 
-def check_mtt(rec, result, proto, artifact):
-    check_dc(rec, result, proto, artifact)
+def check_mtt(result, proto, recipe, ev, artifact):
+    check_dc(result, proto, recipe, ev, artifact)
     assert proto.models == ["convnet"]
 
 
-def check_datm(rec, result, proto, artifact):
+def check_datm(result, proto, recipe, ev, artifact):
     assert result.label_type == "soft" and result.lr == pytest.approx(0.02) and result.lr_source == "learned"
-    stored = {tuple(row.tolist()) for row in artifact[1]}
-    assert rec.soft_ce and all(t.is_floating_point() for t in rec.soft_ce)
-    assert all(tuple(row.tolist()) in stored for t in rec.soft_ce for row in t.flatten(0, 1))  # the learned logits
-    assert rec.train_kwargs[0]["batch_size"] == 128 and not rec.kd
+    mode = ev.label_mode(proto, artifact[1])
+    assert mode == "stored" and torch.equal(ev.targets(mode, *artifact), artifact[1])  # the learned logits
+    assert recipe.batch_size == 128 and recipe.temperature == 1.0 and not recipe.t2_scaling
 
 
-def check_datadam(rec, result, proto, artifact):
-    check_hard_dc(rec, result, proto, artifact)
+def check_datadam(result, proto, recipe, ev, artifact):
+    check_hard_dc(result, proto, recipe, ev, artifact)
     assert result.model == "convnet_bn" and result.lr == pytest.approx(0.01) and result.lr_source == "protocol"
-    assert rec.train_kwargs[0]["batch_size"] == 64
+    assert recipe.batch_size == 64
     full = EvalProtocol.from_dict({k: v for k, v in proto.to_dict().items() if k != "smoke"} | {"epochs": 1800})
     assert int(full.train_epochs * full.lr_decay_at) == 900
 
 
-def check_online_teacher(rec, result, proto, temperature, t2):
-    """Every kd target is the teacher's output on exactly the (augmented, mixed) batch the students see."""
-    assert result.label_type == "soft"
-    main_steps = proto.train_epochs * math.ceil(10 / proto.batch_size)  # the run on the 10 synthetic images
-    assert len(rec.kd) >= main_steps and len(rec.teacher_calls) >= main_steps and len(rec.inputs) >= main_steps
-    for (target, t, t2_flag), (x_teacher, y_teacher), x_student in list(
-            zip(rec.kd, rec.teacher_calls, rec.inputs))[:main_steps]:
-        assert t == temperature and t2_flag is t2
-        assert torch.equal(x_teacher, x_student.flatten(0, 1))
-        assert torch.equal(target, y_teacher.view_as(target))
-
-
-def check_kd(rec, result, proto, artifact):
-    check_online_teacher(rec, result, proto, 4.0, True)
+def check_kd(result, proto, recipe, ev, artifact):
+    assert result.label_type == "soft" and ev.label_mode(proto, artifact[1]) == "teacher"
+    assert (recipe.temperature, recipe.t2_scaling, recipe.optimizer, recipe.schedule) == (4.0, True, "adamw", "cosine")
     assert {"hlr", "ior", "lrs"} <= set(result.scores)
-    assert rec.recipes[0].optimizer == "adamw" and rec.recipes[0].schedule == "cosine"
 
 
-def check_cda(rec, result, proto, artifact):
-    check_online_teacher(rec, result, proto, 30.0, False)
-    recipe = rec.recipes[0]
+def check_cda(result, proto, recipe, ev, artifact):
+    assert result.label_type == "soft" and ev.label_mode(proto, artifact[1]) == "teacher"
+    assert (recipe.temperature, recipe.t2_scaling) == (30.0, False)
     assert recipe.mixup == 0.8 and recipe.optimizer == "adamw" and recipe.augment == "crop_flip"
     assert recipe.lr == pytest.approx(1e-3) and recipe.weight_decay == pytest.approx(0.01)
 
 
-def check_infer(rec, result, proto, artifact):
-    assert result.label_type == "soft" and not rec.teacher_calls  # static: no online relabelling
-    recipe = rec.recipes[0]
+def check_infer(result, proto, recipe, ev, artifact):
+    mode = ev.label_mode(proto, artifact[1])
+    assert result.label_type == "soft" and mode == "stored"  # static: the teacher labels the images once
+    assert torch.equal(ev.targets(mode, *artifact), torch.eye(len(artifact[0])) * CODE)
     assert recipe.mixup == 0.8 and recipe.mix_space == "logits" and recipe.batch_size == 64
-    mixed = 0
-    for target, t, t2 in rec.kd:
-        assert t == 30.0 and t2 is False
-        for per_net in target:  # each row is lam·z_i + (1 − lam)·z_j, one lam per network and step
-            assert torch.all(per_net >= -1e-6) and torch.allclose(per_net.sum(-1), torch.full((len(per_net),), CODE))
-            pairs = set()
-            for row in per_net:
-                values = sorted(v / CODE for v in row.tolist() if abs(v) > 1e-6)
-                assert len(values) in (1, 2)  # two stored rows interpolated (one when j = i)
-                if len(values) == 2:
-                    pairs.add(round(values[0], 5))
-            assert len(pairs) <= 1
-            mixed += len(pairs)
-    assert mixed > 0
+    assert (recipe.temperature, recipe.t2_scaling) == (30.0, False)
 
 
-def check_dq(rec, result, proto, artifact):
-    assert result.label_type == "hard" and not rec.kd and rec.hard
-    assert all(labels.dtype == torch.int64 for labels in rec.hard)
-    recipe = rec.recipes[0]
+def check_dq(result, proto, recipe, ev, artifact):
+    assert result.label_type == "hard" and ev.label_mode(proto, artifact[1]) == "hard"
     assert recipe.optimizer == "sgd" and recipe.schedule == "cosine" and recipe.lr == pytest.approx(0.1)
     assert recipe.augment == "crop_flip" and recipe.batch_size == 128
 
@@ -267,15 +190,52 @@ def test_protocol_runs_under_smoke_with_its_loss_and_targets(name, smoke_config,
     if name == "infer":
         fake = CodeTeacher(images)
         monkeypatch.setattr(evaluate_module, "load_teacher", lambda *args, **kwargs: fake)
-    if proto.kind == "kd" and proto.label_source == "teacher":  # train (or load) it before spying on the run
-        load_teacher(proto.teacher, smoke_splits, CPU, Cache(shared_cache))
-    rec = Recorder(monkeypatch)
     results = evaluate_synthetic(images, labels, smoke_splits, proto, lr, cache=Cache(shared_cache), ipc=1)
     assert len(results) == 1 and results[0].protocol == name
     assert len(results[0].accuracies) == 2 and all(0 <= a <= 1 for a in results[0].accuracies)
-    CHECKS[name](rec, results[0], proto, (images, labels))
+    ev = evaluate_module.Evaluator(smoke_splits, proto, Cache(shared_cache))
+    CHECKS[name](results[0], proto, proto.recipe(results[0].lr), ev, (images, labels))
     if name == "infer":
-        assert fake.asked == 1
+        assert fake.asked >= 1
+
+
+class RecordingNets:
+    """A network batch that records every training batch it is given (x [S,B,C,H,W])."""
+
+    def __init__(self, nets: NetworkBatch):
+        self.nets, self.name, self.inputs = nets, nets.name, []
+
+    def __len__(self):
+        return len(self.nets)
+
+    def parameters(self):
+        return self.nets.parameters()
+
+    def train(self, mode=True):
+        self.nets.train(mode)
+        return self
+
+    def __call__(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.nets(x)
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.0, 0.0), (0.8, 1.0)])
+def test_an_online_teacher_labels_exactly_the_batch_the_students_see(smoke_splits, mixup, cutmix):
+    images, _ = one_per_class(smoke_splits)
+    asked = []
+
+    def teacher(x):
+        asked.append(x.detach().clone())
+        return x.flatten(1)[:, :10] * 3
+
+    nets = RecordingNets(NetworkBatch("mlp", smoke_splits.info, [0, 1], CPU, vmap=False, width=8))
+    recipe = TrainRecipe(epochs=2, batch_size=4, lr=0.05, augment="crop_flip", mixup=mixup, cutmix=cutmix,
+                         temperature=4.0, t2_scaling=True)
+    train(nets, images, None, recipe, make_generator(3), teacher=teacher)
+    assert len(asked) == len(nets.inputs) == 2 * 3  # 10 images, batch 4: 3 steps per epoch
+    for seen, labelled in zip(nets.inputs, asked):
+        assert torch.equal(seen.flatten(0, 1), labelled)
 
 
 def test_stored_label_source_needs_soft_labels(smoke_splits):
@@ -363,7 +323,7 @@ def test_kd_trainer_lock_step_equals_one_network_at_a_time(smoke_splits):
     states = {}
     for vmap in (True, False):
         nets = NetworkBatch("convnet", smoke_splits.info, [0, 1], CPU, vmap=vmap, width=8)
-        train_kd(nets, images, logits, recipe, make_generator(7))
+        train(nets, images, logits, recipe, make_generator(7))
         states[vmap] = [unstack_state(nets.params, nets.buffers, i) for i in range(2)] if vmap else [
             m.state_dict() for m in nets.models]
     for a, b in zip(states[True], states[False]):
@@ -406,7 +366,7 @@ def test_lr_grid_is_chosen_on_validation_and_the_test_split_is_read_once(digits_
                                         model_kwargs={"mlp": {"width": 16}}, lr_grid=grid, learned_lr=True))
     calls = []
     fake_val = iter([0.2, 0.9, 0.5, 0.6, 0.1, 0.3])  # per grid lr, for mlp then lenet: picks 0.05, then 0.001
-    real = trainer.test_accuracy
+    real = evaluate_module.test_accuracy
 
     def spy(nets, split, batch_size=1024):
         is_test = split is digits_small.test
@@ -416,7 +376,7 @@ def test_lr_grid_is_chosen_on_validation_and_the_test_split_is_read_once(digits_
         assert not torch.equal(split.images, digits_small.test.images)
         return torch.full((len(nets),), next(fake_val))
 
-    monkeypatch.setattr(trainer, "test_accuracy", spy)
+    monkeypatch.setattr(evaluate_module, "test_accuracy", spy)
     results = evaluate_synthetic(images, labels, digits_small, proto)
     assert [r.lr for r in results] == [0.05, 0.001] and {r.lr_source for r in results} == {"grid"}
     assert calls == [("val", "mlp")] * 3 + [("test", "mlp")] + [("val", "lenet")] * 3 + [("test", "lenet")]

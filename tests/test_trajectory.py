@@ -19,10 +19,12 @@ from ddbench.cache import Cache
 from ddbench.data import load_dataset
 from ddbench.methods import create_method
 from ddbench.methods.base import DistillDiverged
-from ddbench.methods.experts import ExpertSpec, FlatModel, gsam_gradient, load_or_train_experts
-from ddbench.methods.trajectory import (
-    MomentumSGD, Unroll, matching_loss, sample_rows, start_epoch_bound, unroll_plain, unroll_recompute,
-)
+from ddbench.methods.experts import ExpertSpec, load_or_train_experts
+from ddbench.training import FlatModel, gsam_gradient
+from ddbench.methods import method_options
+from ddbench.methods.loopkit import MomentumSGD
+from ddbench.methods.trajectory import matching_loss, sample_start_epoch, start_epoch_bound
+from ddbench.methods.unroll import Unroll, sample_rows, unroll_plain, unroll_recompute
 from ddbench.models import create_model
 from ddbench.utils import DDBenchError
 
@@ -89,20 +91,13 @@ def test_start_epoch_bound_and_window_growth():
         assert int(draws.min()) == 2 and int(draws.max()) == hi - 1
 
 
-def test_start_epochs_used_by_the_loop_stay_in_the_window(splits, cache_root, monkeypatch):
-    seen = []
-    original = torch.randint
-
-    def spy(low, high, size, **kwargs):
-        seen.append((low, high))
-        return original(low, high, size, **kwargs)
-
-    method = make("datm", splits, cache_root, iterations=4, sequential_generation=True, min_start_epoch=0,
-                  current_max_start_epoch=1, max_start_epoch=2, expansion_end=2, threshold=None)
-    monkeypatch.setattr(traj_mod.torch, "randint", spy)
-    method.distill()
-    windows = [(lo, hi) for lo, hi in seen if hi <= 2]
-    assert windows == [(0, 1), (0, 1), (0, 2), (0, 2)]
+def test_start_epochs_of_the_loop_stay_in_the_growing_window():
+    options = method_options("datm", {"sequential_generation": True, "min_start_epoch": 1, "max_start_epoch": 6,
+                                      "current_max_start_epoch": 3, "expansion_end": 4})
+    gen = torch.Generator().manual_seed(0)
+    for it, bound in ((0, 3), (1, 3), (2, 4), (3, 5), (4, 6), (9, 6)):
+        draws = torch.cat([sample_start_epoch(it, 1, 6, options.window(), gen) for _ in range(200)])
+        assert set(draws.tolist()) == set(range(1, bound))
 
 
 def test_expert_epochs_must_cover_the_start_window(splits, cache_root):
@@ -218,7 +213,7 @@ def test_expert_cache_reuse_and_resume_of_a_partial_set(splits, tmp_path, monkey
     assert trained == [[1], [0, 2]] and "reusing cached experts: 3 of 3" in caplog.text
     assert torch.equal(again, full)
     # an expert's trajectory does not depend on which experts trained beside it
-    alone = original(splits, TINY_MODEL, spec, experts_mod.make_dsa({}), [2], CPU)[0]
+    alone = original(splits, TINY_MODEL, spec, {}, [2], CPU)[0]
     torch.testing.assert_close(alone[0], full[2])
     # another recipe is another cache entry
     gsam = ExpertSpec(**{**TINY_EXPERTS, "num_experts": 1, "optimizer": "gsam", "gsam_alpha": 0.3})
@@ -350,3 +345,19 @@ def test_smoke_runs_of_every_trajectory_method(tmp_path):
     assert "reusing cached experts: 2 of 2" in outputs[2]  # the same GSAM experts as ftd's smoke run
     assert "soft labels" in outputs[2]
     assert len(list((tmp_path / "records").rglob("*.json"))) == 4
+
+
+def test_ddbench_experts_trains_the_experts_ddbench_run_uses(tmp_path):
+    """The experts CLI resolves the method's options the way a run does, so a run finds every expert cached."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    common = ["method=ftd", "dataset=digits", "smoke=true", "progress=false", f"paths.cache={tmp_path / 'cache'}"]
+    experts = subprocess.run([str(bin_dir / "ddbench-experts"), *common, f"hydra.run.dir={tmp_path / 'experts'}"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert experts.returncode == 0, experts.stdout + experts.stderr
+    assert "training 2 expert(s)" in experts.stdout + experts.stderr
+    run = subprocess.run([str(bin_dir / "ddbench-distill"), *common, "ipc=1", f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    text = run.stdout + run.stderr
+    assert run.returncode == 0, text
+    assert "reusing cached experts: 2 of 2" in text and "training" not in text.split("reusing cached experts")[1]

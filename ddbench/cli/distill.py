@@ -10,6 +10,7 @@ from ddbench.cli.app import hydra_main
 def distill(cfg: dict[str, Any]) -> str:
     from ddbench import pipeline
 
+    pipeline.check_method(cfg)
     device = pipeline.pick_device(cfg)
     splits = pipeline.load_splits(cfg, device)
     artifact, seconds = pipeline.distill(cfg, splits, device)

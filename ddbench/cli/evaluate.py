@@ -5,6 +5,7 @@ A ddbench artifact names its dataset; a reference folder (images_best.pt, ...) o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ddbench.cli.app import hydra_main, invoked_command
@@ -31,7 +32,8 @@ def evaluate(cfg: dict[str, Any]) -> float:
     splits = pipeline.load_splits(cfg, device)
     results = pipeline.evaluate(cfg, artifact, splits)
     if cfg.get("write_records", True):
-        for record in pipeline.write_results(cfg, artifact, None, results, artifact.meta.get("distill_seconds"),
+        path = Path(cfg["artifact"]).expanduser().resolve()
+        for record in pipeline.write_results(cfg, artifact, path, results, artifact.meta.get("distill_seconds"),
                                              device, invoked_command()):
             print(f"record: {record}")
     print(pipeline.summary_rows(cfg, artifact, results))

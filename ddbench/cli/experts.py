@@ -21,14 +21,15 @@ log = logging.getLogger("ddbench")
 def train(cfg: dict[str, Any]) -> int:
     from ddbench import pipeline
     from ddbench.cache import Cache
-    from ddbench.methods.experts import ExpertSpec, load_or_train_experts
+    from ddbench.methods.experts import load_or_train_experts
     from ddbench.utils import DDBenchError
 
-    method = cfg["method"]
-    if "experts" not in method:
-        raise DDBenchError(f"method={method['name']} trains no experts; use a trajectory method (mtt, ftd, datm).")
-    spec = ExpertSpec.from_dict(method["experts"])
-    model_cfg = {**cfg["model"], **(method.get("model_overrides") or {})}
+    options = pipeline.check_method(cfg)
+    spec = getattr(options, "experts", None)
+    if spec is None:
+        raise DDBenchError(f"method={cfg['method']['name']} trains no experts; use a trajectory method "
+                           "(mtt, ftd, datm).")
+    model_cfg = {**cfg["model"], **(getattr(options, "model_overrides", None) or {})}
     first = int(cfg.get("expert_first", 0))
     count = int(cfg.get("expert_count") or spec.num_experts - first)
     indices = list(range(first, min(first + count, spec.num_experts)))

@@ -12,6 +12,7 @@ def run(cfg: dict[str, Any]) -> float:
     from ddbench import pipeline
     from ddbench.logger import open_logger
 
+    pipeline.check_method(cfg)
     device = pipeline.pick_device(cfg)
     splits = pipeline.load_splits(cfg, device)
     logger = open_logger(cfg["logger"], cfg, cfg["paths"]["output"])

@@ -201,12 +201,15 @@ class ResNet(nn.Module):
                 in_planes = planes
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.classifier = nn.Linear(in_planes, num_classes)
+        # The AP variant is the DC/MTT cross-architecture net: its final "average pooling" has kernel 1 (a
+        # no-op), so the classifier reads the whole flattened 512 x h x w map (512*4*4 at 32x32, 512*3*3 at 28x28).
+        self.flatten_map = avgpool_down
+        self.classifier = nn.Linear(in_planes * (size * size if avgpool_down else 1), num_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return out.flatten(1) if self.flatten_map else F.adaptive_avg_pool2d(out, 1).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))

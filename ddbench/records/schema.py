@@ -17,7 +17,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from ddbench.utils import DDBenchError, git_commit, stable_hash, versions
+from ddbench.utils import DDBenchError, git_commit, mean_std, stable_hash, versions
 
 SCHEMA_VERSION = 1
 LABEL_TYPES = ("hard", "soft")
@@ -103,10 +103,7 @@ def parse_time(text: str) -> datetime:
 
 def accuracy_stats(accuracies: list[float]) -> tuple[float, float]:
     """(mean, population std with ddof=0) of a non-empty list of accuracies."""
-    n = len(accuracies)
-    mean = math.fsum(accuracies) / n
-    std = math.sqrt(math.fsum((a - mean) ** 2 for a in accuracies) / n)
-    return mean, std
+    return mean_std(accuracies)
 
 
 def _check_values(rec: dict[str, Any], problems: list[str]) -> None:

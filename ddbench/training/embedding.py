@@ -9,7 +9,8 @@ import torch
 from ddbench.cache import Cache
 from ddbench.data import Splits
 from ddbench.training.networks import NetworkBatch
-from ddbench.training.trainer import train_networks
+from ddbench.training.recipe import TrainRecipe
+from ddbench.training.trainer import train
 from ddbench.utils import make_generator
 
 
@@ -30,19 +31,22 @@ def embed_all(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 10
     return torch.cat([model.embed(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
+def embedding_recipe(epochs: int) -> TrainRecipe:
+    """The embedding network's recipe: SGD 0.01 (momentum 0.9, wd 5e-4), batch 256, constant lr, no augmentation."""
+    return TrainRecipe(epochs=epochs, batch_size=256, lr=0.01, schedule="constant", augment="none")
+
+
 def train_embeddings(
     splits: Splits, model_cfg: dict[str, Any], epochs: int, seed: int, device: torch.device, cache: Cache
 ) -> torch.Tensor:
     """Penultimate features [N_train, D] of a network trained `epochs` epochs on the real train split."""
     kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
-    key = {"data": data_fingerprint(splits), "model": model_cfg, "epochs": epochs, "seed": seed, "recipe": "sgd0.01-bs256"}
+    recipe = embedding_recipe(epochs)
+    key = {"data": data_fingerprint(splits), "model": model_cfg, "seed": seed, "recipe": recipe.to_dict()}
 
     def build() -> dict[str, torch.Tensor]:
         nets = NetworkBatch(model_cfg["name"], splits.info, [seed], device, vmap=False, **kwargs)
-        train_networks(
-            nets, splits.train.images, splits.train.labels, epochs=epochs, lr=0.01, batch_size=256,
-            generator=make_generator(seed, device), lr_decay_factor=1.0,
-        )
+        train(nets, splits.train.images, splits.train.labels, recipe, make_generator(seed, device))
         return {"features": embed_all(nets.models[0], splits.train.images)}
 
     return cache.get_or_create("embeddings", key, build)["features"].to(device)

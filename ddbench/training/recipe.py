@@ -1,22 +1,40 @@
-"""Training recipes: what the one training engine needs to train networks on one set, and the teacher recipe."""
+"""Training recipes: the one declaration of how networks are trained, and the teacher built on it.
+
+TrainRecipe is declared once here. Configs that carry a recipe (the teacher here, eval protocols, expert specs)
+extend it as dataclass subclasses, so the YAML keys stay flat (`eval.lr`, `eval.teacher.epochs`,
+`method.experts.lr`) while each field is declared in one place; a subclass redeclares a field only to change
+its default. `TrainRecipe.of(config)` extracts the plain recipe the trainer runs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ddbench.utils import DDBenchError
+
 AUGMENTS = ("dsa", "crop_flip", "none")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "gsam")
 SCHEDULES = ("step", "cosine", "constant")
+MIX_SPACES = ("logits", "probs")
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
 @dataclass
 class TrainRecipe:
-    """Everything the kd trainer needs to train networks on one set (derived from a protocol or a teacher)."""
+    """How the trainer (ddbench.training.train) trains networks on one set.
 
-    epochs: int
-    batch_size: int
-    lr: float
+    optimizer: sgd (momentum, weight decay), adamw, or gsam (GSAM's direction, then the same SGD step).
+    schedule: cosine (per step, to 0 after the last step) | step (lr × lr_decay_factor from epoch
+    int(epochs · lr_decay_at), with SGD's momentum reset there) | constant.
+    augment: dsa (dsa_strategy, dsa_ranges) | crop_flip (RandomCrop(pad crop_padding) + flip) | none.
+    mixup / cutmix: Beta parameters (0 = off); mixed images get mixed targets (mix_space for stored logits).
+    temperature / t2_scaling: the soft loss KL(softmax(t/T) || softmax(s/T)) (× T²); hard labels use CE.
+    """
+
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.01
     optimizer: str = "sgd"
     schedule: str = "cosine"
     momentum: float = 0.9
@@ -24,6 +42,8 @@ class TrainRecipe:
     lr_decay_at: float = 0.5
     lr_decay_factor: float = 0.1
     augment: str = "crop_flip"
+    dsa_strategy: str = DSA_STRATEGY
+    dsa_ranges: dict[str, float] = field(default_factory=dict)
     crop_padding: int = 4
     flip: bool = True
     mixup: float = 0.0
@@ -32,36 +52,53 @@ class TrainRecipe:
     mix_space: str = "logits"
     temperature: float = 1.0
     t2_scaling: bool = False
+    rho: float = 0.01  # gsam only
+    gsam_alpha: float = 0.4  # gsam only
+    adaptive: bool = True  # gsam only
+
+    @classmethod
+    def of(cls, config: Any, **changes: Any) -> "TrainRecipe":
+        """The recipe part of `config` (any object with the recipe's field names), with `changes` applied."""
+        values = {f.name: getattr(config, f.name) for f in fields(cls)}
+        values.update(changes)
+        values["dsa_ranges"] = dict(values["dsa_ranges"] or {})
+        return cls(**values)
+
+    @property
+    def mixing(self) -> bool:
+        return self.mixup > 0 or self.cutmix > 0
+
+    def check_recipe(self, where: str) -> None:
+        """One DDBenchError naming the first bad field as `where`.field."""
+        for name, value, valid in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+                                   ("augment", self.augment, AUGMENTS), ("mix_space", self.mix_space, MIX_SPACES)):
+            if value not in valid:
+                raise DDBenchError(f"{where}.{name} must be one of {', '.join(map(repr, valid))}, got {value!r}.")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise DDBenchError(f"{where}.epochs and {where}.batch_size must be >= 1.")
+        if not self.lr > 0:
+            raise DDBenchError(f"{where}.lr must be > 0, got {self.lr}.")
+        if not self.temperature > 0:
+            raise DDBenchError(f"{where}.temperature must be > 0, got {self.temperature}.")
+        if self.mixup < 0 or self.cutmix < 0 or not 0 <= self.mix_prob <= 1:
+            raise DDBenchError(f"{where}.mixup and {where}.cutmix must be >= 0 (0 = off) and {where}.mix_prob in [0, 1].")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(TrainRecipe):
     """The teacher (or ensemble: one member per entry of `models`) ddbench trains itself on the full real train set.
 
-    Member i is initialised and trained from seed `seed + i`; each member is cached (Cache kind "teachers") under
-    the data fingerprint, its model and this recipe.
+    Member i is trained with this recipe from the initialisation seed derived from ("teacher", name, seed + i),
+    never equal to an evaluation network's seed; each member is cached (Cache kind "teachers") under the data
+    fingerprint, its model and this recipe.
     """
 
     models: list[str] = field(default_factory=lambda: ["convnet"])
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    schedule: str = "cosine"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    augment: str = "crop_flip"
-    crop_padding: int = 4
-    flip: bool = True
     seed: int = 0
 
     def recipe(self) -> TrainRecipe:
-        return TrainRecipe(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, optimizer=self.optimizer,
-            schedule=self.schedule, momentum=self.momentum, weight_decay=self.weight_decay, augment=self.augment,
-            crop_padding=self.crop_padding, flip=self.flip,
-        )
+        return TrainRecipe.of(self)

@@ -10,9 +10,9 @@ from torch import nn
 
 from ddbench.cache import Cache
 from ddbench.data import Splits
-from ddbench.training.kd import train_kd
 from ddbench.training.networks import NetworkBatch, init_model
 from ddbench.training.recipe import TeacherConfig
+from ddbench.training.trainer import train
 from ddbench.utils import DDBenchError, make_generator, stable_hash
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,14 @@ def teacher_key(cfg: TeacherConfig, splits: Splits, index: int) -> dict[str, Any
     name = cfg.models[index]
     return {
         "data": data_fingerprint(splits), "model": name, "model_kwargs": cfg.model_kwargs.get(name, {}),
-        "recipe": cfg.recipe().to_dict(), "seed": cfg.seed + index,
+        "recipe": cfg.recipe().to_dict(), "seed": cfg.seed + index, "init": "teacher-init",
     }
+
+
+def teacher_init_seed(name: str, seed: int) -> int:
+    """The initialisation seed of a teacher member: derived from ("teacher", name, seed), so a teacher never
+    starts from the weights of the evaluation network with the same seed."""
+    return int(stable_hash(["teacher-init", name, int(seed)], 8), 16)
 
 
 def train_teacher_member(cfg: TeacherConfig, splits: Splits, index: int, device: torch.device,
@@ -63,9 +69,10 @@ def train_teacher_member(cfg: TeacherConfig, splits: Splits, index: int, device:
     """Member `index` of the ensemble trained on splits.train with hard labels and the teacher recipe."""
     name = cfg.models[index]
     seed = cfg.seed + index
-    nets = NetworkBatch(name, splits.info, [seed], device, vmap=False, **cfg.model_kwargs.get(name, {}))
+    nets = NetworkBatch(name, splits.info, [teacher_init_seed(name, seed)], device, vmap=False,
+                        **cfg.model_kwargs.get(name, {}))
     generator = make_generator(int(stable_hash(["teacher", name, seed], 8), 16), device)
-    train_kd(nets, splits.train.images, splits.train.labels, cfg.recipe(), generator, progress=progress)
+    train(nets, splits.train.images, splits.train.labels, cfg.recipe(), generator, progress=progress)
     if not bool(nets.all_finite()):
         raise DDBenchError(f"training the teacher {name} diverged (non-finite weights) with lr={cfg.lr}; "
                            "lower eval.teacher.lr.")
@@ -100,7 +107,8 @@ def load_teacher(cfg: TeacherConfig, splits: Splits, device: torch.device, cache
 
         tensors = cache.get_or_create("teachers", key, build)
         state = {k[len(STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
-        model = init_model(name, splits.info, cfg.seed + index, **cfg.model_kwargs.get(name, {})).to(device)
+        model = init_model(name, splits.info, teacher_init_seed(name, cfg.seed + index),
+                           **cfg.model_kwargs.get(name, {})).to(device)
         model.load_state_dict(state)
         members.append(model)
     return Teacher(members, list(cfg.models))
