@@ -73,7 +73,11 @@ class Peak:
 
 
 def random_splits(name: str, device: torch.device) -> Splits:
-    n_classes, channels, size, train, test = LARGE[name]
+    return make_splits(*LARGE[name], device=device, name=name)
+
+
+def make_splits(n_classes: int, channels: int, size: int, train: int, test: int, device: torch.device, name: str = "random") -> Splits:
+    """Random tensors of a dataset's shape: `train` and `test` images per class."""
     gen = torch.Generator(device=device).manual_seed(0)
     info = DatasetInfo(name, channels, size, n_classes, (0.0,) * channels, (1.0,) * channels)
 
@@ -85,11 +89,11 @@ def random_splits(name: str, device: torch.device) -> Splits:
     return Splits(info, split(train), split(test))
 
 
-def ours(splits: Splits, args, device: torch.device, steps: int, budget_mb: float | None = None) -> float:
+def ours(splits: Splits, args, device: torch.device, steps: int, budget_mb: float | None = None, width: int = 128) -> float:
     """Seconds per DM step of ddbench (the set-up, a few ms, is counted in)."""
     options = {"iterations": steps, "batch_real": args.batch_real, "memory_budget_mb": budget_mb}
     method = create_method("dm", splits=splits, ipc=args.ipc, seed=0, device=device, options=options,
-                           model={"name": "convnet"}, augment={"enabled": True, "strategy": STRATEGY})
+                           model={"name": "convnet", "width": width}, augment={"enabled": True, "strategy": STRATEGY})
     sync(device)
     start = time.perf_counter()
     method.distill()
@@ -235,13 +239,15 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="folder of the reference DM code (utils.py, networks.py)")
     parser.add_argument("--gpu-gb", type=float, default=80.0, help="GPU size of the memory model (GB)")
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-side-by-side", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     args.steps = args.steps or (20 if device.type == "cuda" else 3)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {device} ({name})", flush=True)
-    side_by_side(args, device)
+    if not args.skip_side_by_side:
+        side_by_side(args, device)
     if not args.skip_large:
         large_shapes(args, device)
 
