@@ -92,7 +92,7 @@ def test_chunk_plan_respects_the_budget_and_never_splits_batch_statistics():
     # a forward of 16 channels x 32 x 32 floats in and out of the first conv: at least 2 x 64 KiB per sample
     assert footprint.no_grad >= 2 * 16 * 32 * 32 * 4
     budget = 40 * footprint.grad
-    plan = ChunkPlan.make(footprint, budget, CPU, cache_bytes=None)
+    plan = ChunkPlan.make(footprint, budget, CPU, cache_bytes=0)  # 0: no cache limit
     assert plan.grad == 40 and plan.no_grad * footprint.no_grad <= budget < (plan.no_grad + 1) * footprint.no_grad
     cached = ChunkPlan.make(footprint, budget, CPU, cache_bytes=4 * footprint.no_grad)
     assert cached.no_grad == 4 and cached.grad == 40

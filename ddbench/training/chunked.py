@@ -10,8 +10,8 @@ backward, memory of one chunk). Gradients reach the batch `x` only; network para
 How many rows fit is estimated from one small probe forward (`Footprint.measure`): hooks on the leaf modules
 record, per sample, the largest input+output pair plus one more output (the peak of a forward without a graph:
 a layer's input, its output and a temporary) and the sum of all leaf inputs (what autograd keeps for the backward). The budget is a share of the free device memory on GPUs,
-and a fixed number of bytes on CPUs; on CPUs, forwards without a graph also stay within a cache-sized chunk,
-which is much faster than one large batch.
+and a fixed number of bytes on CPUs; on CPUs, forwards without a graph also stay within a cache-sized chunk when
+torch runs one thread (much faster than one large batch), or within CPU_THREADED_BYTES with several threads.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 MiB = 2**20
 CPU_BUDGET_BYTES = 2048 * MiB  # the fixed budget on CPUs
 GPU_FREE_SHARE = 0.8  # share of the free GPU memory (plus memory cached by torch) a chunk may use
-CPU_CACHE_BYTES = 16 * MiB  # target activation size of one no-grad chunk on CPUs
+CPU_CACHE_BYTES = 16 * MiB  # activations of one no-grad chunk on a CPU running one thread: stays in cache
+CPU_THREADED_BYTES = 512 * MiB  # ... with several threads: each op is one parallel region whose threads must all
+# meet, which on shared cores costs far more than cache misses, so fewer, larger chunks are faster
 SAFETY = 1.25  # headroom for temporaries the leaf-module hooks do not see (functional ops, the allocator)
 
 ChunkForward = Callable[[torch.Tensor, int, int], torch.Tensor]
@@ -111,10 +113,12 @@ class ChunkPlan:
         budget: int,
         device: torch.device,
         coupled: bool = False,
-        cache_bytes: int | None = CPU_CACHE_BYTES,
+        cache_bytes: int | None = None,
     ) -> "ChunkPlan":
-        """The largest chunks under `budget`; on CPUs no-grad chunks also stay within `cache_bytes`.
-        A batch-coupled model is never chunked (rows = a very large number)."""
+        """The largest chunks under `budget`; on CPUs no-grad chunks also stay within `cache_bytes` (default:
+        CPU_CACHE_BYTES with one torch thread, else CPU_THREADED_BYTES). A batch-coupled model is never chunked."""
+        if cache_bytes is None:
+            cache_bytes = CPU_CACHE_BYTES if torch.get_num_threads() == 1 else CPU_THREADED_BYTES
         if coupled:
             return cls(no_grad=2**62, grad=2**62, budget=budget)
         if footprint.grad > budget:
@@ -123,7 +127,7 @@ class ChunkPlan:
                 f"memory budget of {budget / MiB:.1f} MiB; raise method.memory_budget_mb or use a smaller model."
             )
         no_grad = budget // max(footprint.no_grad, 1)
-        if torch.device(device).type == "cpu" and cache_bytes:
+        if torch.device(device).type == "cpu" and cache_bytes > 0:
             no_grad = min(no_grad, max(cache_bytes // max(footprint.no_grad, 1), 1))
         return cls(no_grad=int(no_grad), grad=int(budget // max(footprint.grad, 1)), budget=budget)
 
