@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import emit
 
 from ddbench.data import DatasetInfo, Splits, load_dataset
 from ddbench.data.tensors import ClassTensors
@@ -182,9 +183,12 @@ def side_by_side(args, device: torch.device) -> None:
         shown = f"{statistics.median(memory) / 2**20:.0f} MiB" if memory else "n/a"
         print(f"  {name:9s}: {statistics.median(times[name]):.3f} s/step (runs: "
               f"{', '.join(f'{t:.2f}' for t in times[name])}), peak memory growth {shown}", flush=True)
+    emit("DM step", "Fashion-MNIST IPC 10, batch_real 256", statistics.median(times["ddbench"]), "s/step", device,
+         "<= reference")
     if reference:
         ratio = statistics.median(times["ddbench"]) / statistics.median(times["reference"])
         print(f"  ddbench / reference step time: {ratio:.2f}", flush=True)
+        emit("DM step", "ddbench / reference step time", ratio, "ratio", device, "<= 1")
 
 
 def memory_model(name: str, ipc: int, batch_real: int, gpu_bytes: float) -> None:
@@ -225,6 +229,7 @@ def large_shapes(args, device: torch.device) -> None:
             with Peak(device) as peak:
                 seconds = ours(splits, run, device, args.steps)
             print(f"  {name} ipc {ipc}: {seconds:.3f} s/step, CUDA peak growth {peak.bytes / GB:.2f} GB", flush=True)
+            emit("DM step", f"{name} IPC {ipc}", seconds, "s/step", device)
         del splits
 
 
