@@ -47,7 +47,7 @@ def options(method: str, steps: int, unroll: str) -> dict:
     if method == "dm":
         return {"iterations": steps, "batch_real": 64}
     return {"experts": {"num_experts": 2, "epochs": 2, "parallel": 2, "batch_size": 64}, "iterations": steps,
-            "syn_steps": 5, "expert_epochs": 1, "max_start_epoch": 1, "lr_img": 10.0, "lr_teacher": 0.01,
+            "syn_steps": 5, "expert_epochs": 1, "max_start_epoch": 1, "lr_img": 0.1, "lr_teacher": 0.01,
             "unroll": unroll, "checkpoint_every": 0, "guard_every": 10**9, "log_every": 0, "resume": False}
 
 
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--factor", choices=[f for f, _ in GRID], default=None, help="vary only this factor")
     parser.add_argument("--memory-model", action="store_true", help="print the trajectory memory model and stop")
     parser.add_argument("--gpu-gb", type=float, default=80.0)
     args = parser.parse_args()
@@ -121,7 +122,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; base {BASE}, ConvNet width 32", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         cache = Cache(tmp)
-        for factor, values in GRID:
+        for factor, values in [(f, v) for f, v in GRID if args.factor in (None, f)]:
             for value in values:
                 seconds, peak = measure(args, device, {**BASE, factor: value}, cache)
                 print(f"  {factor:7s} {value:3d}: {seconds:.3f} s/step, peak memory growth {peak / 2**20:.0f} MiB", flush=True)
