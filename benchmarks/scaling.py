@@ -47,7 +47,7 @@ def options(method: str, steps: int, unroll: str) -> dict:
     if method == "dm":
         return {"iterations": steps, "batch_real": 64}
     return {"experts": {"num_experts": 2, "epochs": 2, "parallel": 2, "batch_size": 64}, "iterations": steps,
-            "syn_steps": 5, "expert_epochs": 1, "max_start_epoch": 1, "lr_img": 0.1, "lr_teacher": 0.01,
+            "syn_steps": 5, "expert_epochs": 1, "max_start_epoch": 1, "lr_img": 0.1, "lr_lr": 0.0, "lr_teacher": 0.01,
             "unroll": unroll, "checkpoint_every": 0, "guard_every": 10**9, "log_every": 0, "resume": False}
 
 
