@@ -198,7 +198,7 @@ def memory_model(name: str, ipc: int, batch_real: int, gpu_bytes: float) -> None
     footprint = Footprint.measure(net, torch.zeros(2, channels, size, size), call=net.embed)
     image = channels * size * size * 4
     data = (train + test) * n_classes * image
-    state = 3 * ipc * n_classes * image  # images, gradient, momentum
+    state = 6 * ipc * n_classes * image  # images, gradient, momentum and its update, the guard's last good copy and its update
     real, syn = n_classes * batch_real, n_classes * ipc
     unchunked = real * footprint.no_grad + syn * footprint.grad
     budget = int(GPU_FREE_SHARE * (gpu_bytes - data - state))
