@@ -19,7 +19,9 @@ from ddbench.methods import DistillResult, MethodOptions, create_method
 from ddbench.methods import method_options as resolve_method_options
 from ddbench.methods.base import DistillDiverged
 from ddbench.records import make_record, write_record
-from ddbench.utils import DDBenchError, device_name, peak_memory_bytes, resolve_device, seed_everything, stable_hash
+from ddbench.utils import (
+    DDBenchError, device_name, peak_memory_bytes, peak_rss_bytes, resolve_device, seed_everything, stable_hash,
+)
 
 log = logging.getLogger("ddbench")
 
@@ -191,7 +193,8 @@ def write_results(
             run_id=run_id, method=artifact.meta.get("method", cfg["method"]["name"]), dataset=cfg["dataset"]["name"],
             ipc=int(artifact.ipc), label_type=result.label_type, protocol=cfg["eval"]["name"], eval_model=result.model,
             accuracies=result.accuracies, seeds=result.seeds, distill_seconds=distill_seconds,
-            eval_seconds=result.seconds, peak_gpu_memory_bytes=peak_memory_bytes(device), device=device_name(device),
+            eval_seconds=result.seconds, peak_gpu_memory_bytes=peak_memory_bytes(device),
+            peak_cpu_memory_bytes=peak_rss_bytes(), device=device_name(device),
             config_hash=stable_hash(cfg), config=cfg, seed=int(cfg["seed"]),
             artifact=None if artifact_path is None else str(artifact_path), command=command, scores=dict(result.scores),
             shortened=shortened_settings(cfg),

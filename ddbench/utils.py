@@ -132,3 +132,49 @@ def peak_memory_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return None
+
+
+def peak_rss_bytes() -> int | None:
+    """The process's peak resident memory (max RSS) so far, in bytes; None where the OS does not report it."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return None
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # bytes on macOS, KiB on Linux
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def reset_rss_peak() -> int | None:
+    """Release free heap memory, reset the peak RSS (Linux) and return the current RSS in bytes (None elsewhere).
+
+    After it, `rss_peak_bytes() - returned` is the peak growth of resident memory of the code run in between.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return None
+    return _status_bytes("VmRSS")
+
+
+def rss_peak_bytes() -> int | None:
+    """Peak RSS since the last `reset_rss_peak` (Linux /proc VmHWM), in bytes; None where unavailable."""
+    return _status_bytes("VmHWM")

@@ -1,9 +1,11 @@
 """DM: distribution matching (Zhao & Bilen, WACV 2023).
 
 Each iteration samples a fresh randomly initialised network and matches, per class, the mean embedding of a
-real batch and of the synthetic images, both under the same Siamese DSA draw. All classes are processed in one
-batched forward pass: loss = Σ_c ||mean φ(A(x_real,c)) − mean φ(A(x_syn,c))||². The images take momentum-SGD
-steps; divergence is checked on the device and long runs resume from checkpoints (methods/loopkit.py).
+real batch and of the synthetic images, both under the same Siamese DSA draw:
+loss = Σ_c ||mean φ(A(x_real,c)) − mean φ(A(x_syn,c))||². All classes share each forward, in chunks under a memory
+budget (`memory_budget_mb`; default: most of the free GPU memory, or a fixed budget and cache-sized chunks on a CPU).
+The images take momentum-SGD steps; divergence is checked on the device and long runs resume from checkpoints
+(methods/loopkit.py).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from ddbench.methods.loopkit import Checkpointer, DivergenceGuard, MomentumSGD
 from ddbench.methods.options import MethodOptions, option
 from ddbench.models import create_model
 from ddbench.training import data_fingerprint
+from ddbench.training.chunked import ChunkPlan, Footprint, augmented_forward, batch_coupled, class_means, memory_budget
 
-VOLATILE_OPTIONS = ("progress", "resume", "checkpoint_every", "guard_every", "iterations")
+# options that do not change the result (memory_budget_mb only changes chunking, exact up to float rounding)
+VOLATILE_OPTIONS = ("progress", "resume", "checkpoint_every", "guard_every", "iterations", "memory_budget_mb")
 
 
 def reinitialize(model: torch.nn.Module) -> None:
@@ -41,6 +45,7 @@ class DMOptions(MethodOptions):
     checkpoint_every: int = option(2000, low=0)  # iterations between checkpoints (0 = never)
     resume: str = "auto"  # auto | true | false
     guard_every: int = option(100, low=1)  # iterations between divergence checks (one host sync each)
+    memory_budget_mb: float | None = option(None, positive=True)  # None: 80% of free GPU memory, 2048 on a CPU
 
 
 @register_method("dm")
@@ -70,20 +75,23 @@ class DistributionMatching(Method):
         ckpt = Checkpointer(self.cache, key, o.checkpoint_every, o.resume, self.generator, global_rng=True)
         start, _ = ckpt.load({"images": syn}, optimizer, o.iterations)
         guard = DivergenceGuard({"images": syn}, o.guard_every)
+        plan = self.chunk_plan(net, syn)
+        real_labels = torch.arange(n_classes, device=self.device).repeat_interleave(o.batch_real)
+        syn_labels = self.hard_labels()
         loss = torch.zeros((), device=self.device)
         for it in tqdm(range(start, o.iterations), desc="dm", disable=not o.progress, initial=start,
                        total=o.iterations):
             reinitialize(net)
-            rows = train.sample_per_class(o.batch_real, self.generator)  # [K, batch_real]
-            real = train.images[rows.flatten()]
-            x = syn.detach().requires_grad_(True)
-            fake = x
+            rows = train.sample_per_class(o.batch_real, self.generator).flatten()  # [K*batch_real], class-major
+            draw = None
             if dsa is not None:
-                draw = dsa.sample(tuple(real.shape), self.generator, groups=n_classes, per_sample=False)
-                real, fake = dsa.apply(real, draw), dsa.apply(x, draw)
+                draw = dsa.sample((len(rows), *info.shape), self.generator, groups=n_classes, per_sample=False)
             with torch.no_grad():
-                real_mean = net.embed(real).view(n_classes, rows.shape[1], -1).mean(1)
-            syn_mean = net.embed(fake).view(n_classes, ipc, -1).mean(1)
+                real_forward = augmented_forward(net.embed, dsa, draw, len(rows), source=train.images)
+                real_mean = class_means(real_forward, rows, real_labels, n_classes, plan.no_grad)
+            x = syn.detach().requires_grad_(True)
+            syn_forward = augmented_forward(net.embed, dsa, draw, len(x))
+            syn_mean = class_means(syn_forward, x, syn_labels, n_classes, plan.grad)
             loss = (real_mean - syn_mean).pow(2).sum()
             (grad,) = torch.autograd.grad(loss, x)
             optimizer["images"].step(syn, grad)
@@ -98,3 +106,9 @@ class DistributionMatching(Method):
                 ckpt.save(done, {"images": syn}, optimizer)
         ckpt.clear()
         return DistillResult(syn.detach(), self.hard_labels(), meta={"final_loss": float(loss.detach())})
+
+    def chunk_plan(self, net: torch.nn.Module, syn: torch.Tensor) -> ChunkPlan:
+        """Rows per chunk of the real (no graph) and synthetic (with graph) forwards under the memory budget."""
+        footprint = Footprint.measure(net, syn[:2].detach(), call=net.embed)
+        budget = memory_budget(self.device, self.opts.memory_budget_mb)
+        return ChunkPlan.make(footprint, budget, self.device, coupled=batch_coupled(net))

@@ -199,6 +199,7 @@ def test_run_dm_smoke_writes_record_artifact_and_summary(runs):
     shown = re.search(r"\| ([0-9.]+) ± ([0-9.]+) %", summary[0])
     assert shown and abs(float(shown.group(1)) - 100 * record["mean"]) < 0.01, summary[0]
     assert record["command"].startswith("ddbench-run method=dm")
+    assert record["peak_gpu_memory_bytes"] is None and 2**20 < record["peak_cpu_memory_bytes"] < 2**40  # max RSS on CPU
 
     artifact_dir = run.out / "artifact"
     assert Path(record["artifact"]) == artifact_dir

@@ -37,8 +37,9 @@ def records() -> list[dict]:
     for i, (method, (acc, seconds)) in enumerate(table.items()):
         label = "soft" if method == "datm" else "hard"
         for ipc, bump in ((1, -0.15), (10, 0.0)):
+            memory = {"peak_gpu_memory_bytes": 3 * 2**30, "peak_cpu_memory_bytes": 2**29} if method == "dm" else {}
             out.append(rec(run_id=f"{method}{ipc}", method=method, ipc=ipc, label_type=label,
-                           accuracies=[acc + bump, acc + bump + 0.01], seeds=[0, 1],
+                           accuracies=[acc + bump, acc + bump + 0.01], seeds=[0, 1], **memory,
                            distill_seconds=None if seconds is None else seconds * ipc,
                            scores={"hlr": 0.5 - acc, "ior": acc - 0.3, "lrs": 0.3 + acc / 4}))
             out.append(rec(run_id=f"{method}{ipc}a", method=method, ipc=ipc, label_type=label, eval_model="alexnet",
@@ -125,6 +126,8 @@ def test_page_is_self_contained_with_tables_and_plots(board):
     assert rows[0][:4] == ["Method", "Labels", "IPC", "Accuracy (%)"] and {"HLR", "IOR", "LRS"} <= set(rows[0])
     assert column(rows, "Method") == ["datm", "mtt", "dm", "random"] * 2  # per IPC, best first as rendered
     assert column(rows, "Accuracy (%)")[4:] == ["67.50", "65.50", "48.50", "30.50"]
+    assert column(rows, "Peak GPU (GiB)")[4:] == ["—", "—", "3.00", "—"]
+    assert column(rows, "Peak CPU (GiB)")[4:] == ["—", "—", "0.50", "—"]
     cross = page.tables[CROSS]
     assert cross[0] == ["Method", "Labels", "IPC", "convnet", "alexnet", "Mean over models"]
     assert ["dm", "hard", "10", "48.50 ± 0.50", "38.00 ± 0.00", "43.25"] in cross

@@ -190,6 +190,18 @@ def hand_made_records():
     ]
 
 
+def test_records_carry_peak_cpu_memory_and_cells_show_the_largest():
+    assert rec()["peak_cpu_memory_bytes"] is None  # optional: older records stay valid
+    with pytest.raises(DDBenchError, match="peak_cpu_memory_bytes"):
+        rec(peak_cpu_memory_bytes=-1)
+    runs = [rec(run_id="a", peak_cpu_memory_bytes=2**30, peak_gpu_memory_bytes=5), rec(run_id="b", peak_cpu_memory_bytes=3 * 2**30),
+            rec(run_id="c", ipc=1)]
+    frame = leaderboard_frame(runs)
+    ten, one = frame[frame.ipc == 10].iloc[0], frame[frame.ipc == 1].iloc[0]
+    assert ten["peak_cpu_memory_bytes"] == 3 * 2**30 and ten["peak_gpu_memory_bytes"] == 5
+    assert np.isnan(one["peak_cpu_memory_bytes"]) and np.isnan(one["peak_gpu_memory_bytes"])
+
+
 def test_runs_of_one_cell_pool_their_seeds():
     frame = leaderboard_frame(hand_made_records())
     assert len(frame) == 4

@@ -22,7 +22,7 @@ crop, flip, scale and rotate share one per-sample affine matrix and one grid_sam
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,28 @@ class DSADraw:
     flip: torch.Tensor
     scale: torch.Tensor
     angle: torch.Tensor
+
+    def rows(self, start: int, stop: int, batch: int | None = None) -> "DSADraw":
+        """The draw for rows start:stop of a [batch, C, H, W] batch (default: the sampled batch), as a per-sample
+        draw: applying it to x[start:stop] gives rows start:stop of applying the whole draw to x."""
+        batch = self.batch if batch is None else int(batch)
+        if self.per_sample and batch != self.batch:
+            raise DDBenchError(f"DSA: per-sample draw was sampled for a batch of {self.batch}, not {batch}.")
+        if batch % self.groups or not 0 <= start < stop <= batch:
+            raise DDBenchError(f"DSA: rows {start}:{stop} do not lie in a batch of {batch} split into {self.groups} groups.")
+        index = torch.arange(start, stop, device=self.op.device)
+        group = index // (batch // self.groups)
+        params = index if self.per_sample else group
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t[params.to(t.device)]
+
+        return replace(
+            self, op=self.op[group], groups=stop - start, per_sample=True, batch=stop - start,
+            brightness=pick(self.brightness), saturation=pick(self.saturation), contrast=pick(self.contrast),
+            crop=pick(self.crop), cutout_center=pick(self.cutout_center), flip=pick(self.flip),
+            scale=pick(self.scale), angle=pick(self.angle),
+        )
 
 
 def parse_strategy(strategy: str | None) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 The page has no external resources (inline CSS and JavaScript, PNG plots embedded as base64). Per
 (dataset, protocol): a method × IPC table on the primary evaluation model (ConvNet when present; hover a number
-for its seeds, times, git commit and command), a detail table, a cross-architecture table, accuracy vs IPC per
+for its seeds, times, git commit and command), a detail table (with times and peak GPU and CPU memory), a cross-architecture table, accuracy vs IPC per
 method, and accuracy vs distillation time.
 
 Sorting: clicking a column header sorts its table (numbers descending first, text ascending first; a second
@@ -139,6 +139,13 @@ def _cell(value: Any, kind: str, text: str | None = None) -> str:
     return f'<td data-value="{float(value)!r}">{html.escape(shown)}</td>'
 
 
+def _gib_cell(value: Any) -> str:
+    """A memory cell shown in GiB; sorts by the bytes."""
+    if not _finite(value):
+        return _cell(None, "num")
+    return f'<td data-value="{float(value)!r}">{float(value) / 2**30:.2f}</td>'
+
+
 def _table(table_id: str, columns: list[_Col], rows: list[list[str]]) -> str:
     head = "".join(
         f'<th data-key="{html.escape(c.key)}" data-type="{c.kind}" class="{"text" if c.kind == "text" else "num"}">'
@@ -201,8 +208,9 @@ def _detail_table(table_id: str, rows: pd.DataFrame) -> str:
                _Col("mean", "Accuracy (%)"), _Col("std", "± std (%)"), _Col("n_seeds", "Seeds")]
     present_scores = [s for s in SCORE_COLUMNS if rows[s].notna().any()]
     columns += [_Col(s, s.upper()) for s in present_scores]
-    columns += [_Col("distill_seconds", "Distill (s)"), _Col("eval_seconds", "Eval (s)"), _Col("n_runs", "Runs"),
-                _Col("git_commit", "Commit", "text")]
+    columns += [_Col("distill_seconds", "Distill (s)"), _Col("eval_seconds", "Eval (s)"),
+                _Col("peak_gpu_memory_bytes", "Peak GPU (GiB)"), _Col("peak_cpu_memory_bytes", "Peak CPU (GiB)"),
+                _Col("n_runs", "Runs"), _Col("git_commit", "Commit", "text")]
     out = []
     for r in rows.sort_values(["ipc", "mean"], ascending=[True, False], kind="stable").itertuples():
         cells = [_titled(_cell(r.method, "text"), _provenance(r)), _cell(r.label_type, "text"),
@@ -214,6 +222,7 @@ def _detail_table(table_id: str, rows: pd.DataFrame) -> str:
             cells.append(_cell(value, "num", f"{value:.4f}" if _finite(value) else None))
         cells += [_cell(r.distill_seconds, "num", f"{r.distill_seconds:.1f}" if _finite(r.distill_seconds) else None),
                   _cell(r.eval_seconds, "num", f"{r.eval_seconds:.1f}" if _finite(r.eval_seconds) else None),
+                  _gib_cell(r.peak_gpu_memory_bytes), _gib_cell(r.peak_cpu_memory_bytes),
                   _cell(r.n_runs, "num", str(int(r.n_runs))), _cell(str(r.git_commit or "")[:10], "text")]
         out.append(cells)
     return _table(table_id, columns, out)
@@ -310,7 +319,8 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         parts.append(f'<section id="{slug("sec", dataset, protocol)}">')
         parts.append(f"<h2>{html.escape(dataset)} · protocol <code>{html.escape(protocol)}</code></h2>")
         parts.append(f'<p class="meta">Test accuracy of <b>{html.escape(model)}</b> trained on the distilled data: '
-                     "mean ± population std over all seeds of all runs, last epoch. Hover a number for its seeds, times, git "
+                     "mean ± population std over all seeds of all runs, last epoch. Peak GPU / CPU memory: the largest over "
+                     "the runs (CUDA memory allocated; the process's max RSS). Hover a number for its seeds, times, git "
                      "commit and command; click a column header to sort.</p>")
         parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary))
         parts.append("<h3>Details</h3>")

@@ -26,6 +26,8 @@ COLUMNS = CELL_KEYS + [
     "n_runs",
     "distill_seconds",  # mean over runs that report it; NaN when none do
     "eval_seconds",
+    "peak_gpu_memory_bytes",  # largest over runs that report it; NaN when none do
+    "peak_cpu_memory_bytes",  # largest max RSS over runs that report it; NaN when none do
     "git_commit",  # of the newest record
     "command",  # of the newest record
     "latest",  # `created` of the newest record
@@ -60,6 +62,11 @@ def _mean_or_nan(values: Iterable[float | None]) -> float:
     return math.fsum(present) / len(present) if present else math.nan
 
 
+def _max_or_nan(values: Iterable[float | None]) -> float:
+    present = [float(v) for v in values if v is not None]
+    return max(present) if present else math.nan
+
+
 def shown_method(record: dict[str, Any]) -> str:
     """The method's name as the leaderboard shows it: shortened runs are labelled with what was shortened."""
     shortened = record.get("shortened")
@@ -92,6 +99,8 @@ def leaderboard_frame(records: Iterable[dict[str, Any]], include_shortened: bool
             n_runs=len(group),
             distill_seconds=_mean_or_nan(r.get("distill_seconds") for r in group),
             eval_seconds=_mean_or_nan(r.get("eval_seconds") for r in group),
+            peak_gpu_memory_bytes=_max_or_nan(r.get("peak_gpu_memory_bytes") for r in group),
+            peak_cpu_memory_bytes=_max_or_nan(r.get("peak_cpu_memory_bytes") for r in group),
             git_commit=newest.get("git_commit"),
             command=newest.get("command"),
             latest=newest["created"],

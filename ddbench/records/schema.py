@@ -49,6 +49,7 @@ SCHEMA: dict[str, Field] = {
     "distill_seconds": Field((float, NoneType), True, "seconds spent distilling, a float >= 0, or null"),
     "eval_seconds": Field((float,), True, "seconds spent evaluating, a float >= 0"),
     "peak_gpu_memory_bytes": Field((int, NoneType), True, "peak GPU memory in bytes, an int >= 0, or null"),
+    "peak_cpu_memory_bytes": Field((int, NoneType), False, "peak CPU memory (max RSS) of the run in bytes, or null"),
     "device": Field((str,), True, "a description of the device the run used"),
     "config_hash": Field((str,), True, "a non-empty hash of the resolved config"),
     "config": Field((dict,), True, "the full resolved config, an object"),
@@ -66,7 +67,9 @@ SCHEMA: dict[str, Field] = {
 }
 
 # Defaults of the optional fields (copied per record).
-OPTIONAL_DEFAULTS: dict[str, Any] = {"scores": {}, "command": None, "shortened": None}
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "scores": {}, "command": None, "shortened": None, "peak_cpu_memory_bytes": None,
+}
 
 _NON_EMPTY = ("run_id", "method", "dataset", "protocol", "eval_model", "device", "config_hash")
 
@@ -159,7 +162,7 @@ def _check_values(rec: dict[str, Any], problems: list[str]) -> None:
         value = rec.get(name)
         if value is not None and not math.isfinite(value):
             bad(name, f"must be a finite number, got {value!r}")
-    for name in ("std", "eval_seconds", "distill_seconds", "peak_gpu_memory_bytes"):
+    for name in ("std", "eval_seconds", "distill_seconds", "peak_gpu_memory_bytes", "peak_cpu_memory_bytes"):
         value = rec.get(name)
         if value is not None and value < 0:
             bad(name, f"must be >= 0, got {value!r}")
