@@ -1,0 +1,128 @@
+"""DataDAM: attention matching with random networks (Sajedi et al., ICCV 2023).
+
+Each iteration draws a freshly initialised network and matches, per class, (i) the mean spatial attention maps of
+the intermediate layers 1..L-1 and (ii) the mean last-layer embedding (linear-kernel MMD) between a real batch and
+the synthetic images, both under the same Siamese DSA draw:
+
+    L = s·Σ_{l<L} Σ_c ||mean_{real_c} a_l − mean_{syn_c} a_l||² + s·λ·Σ_c ||mean_{real_c} e − mean_{syn_c} e||²,
+    a_l(x) = normalize_L2(vec(Σ_ch |A_l[ch]|^p)),  s = 100.
+
+All classes go through one batched forward pass (per-class means by reshape). Real and synthetic images are
+forwarded in two separate passes, so with BatchNorm in train mode each pass normalises with its own batch
+statistics, as the reference does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ddbench.methods.base import DistillResult, Method, register_method
+from ddbench.methods.dm import reinitialize
+from ddbench.models import create_model, feature_maps
+from ddbench.utils import DDBenchError
+
+
+def attention_map(activation: torch.Tensor, power: float) -> torch.Tensor:
+    """Spatial attention [B, H*W] of a map [B, C, H, W]: Σ_ch |A|^p, flattened, L2-normalised per sample."""
+    return F.normalize(activation.abs().pow(power).sum(1).flatten(1), dim=1)
+
+
+def class_means(x: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class-major rows [K*n, ...] → per-class means [K, D] (D = the flattened rest)."""
+    return x.reshape(num_classes, -1, x[0].numel()).mean(1)
+
+
+def matching_statistics(
+    maps: list[torch.Tensor], embedding: torch.Tensor, num_classes: int, power: float
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per-class mean attention of every map but the last ([K, H_l*W_l] each) and mean embedding [K, D]."""
+    attention = [class_means(attention_map(m, power), num_classes) for m in maps[:-1]]
+    return attention, class_means(embedding, num_classes)
+
+
+def datadam_loss(
+    real: tuple[list[torch.Tensor], torch.Tensor],
+    syn: tuple[list[torch.Tensor], torch.Tensor],
+    task_balance: float,
+    scale: float = 100.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(SAM loss, MMD loss), both scaled: s·Σ_l ||Δ attention_l||² and s·λ·||Δ embedding||² (sums over classes)."""
+    (real_att, real_emb), (syn_att, syn_emb) = real, syn
+    sam = sum(((r - s).pow(2).sum() for r, s in zip(real_att, syn_att)), torch.zeros((), device=real_emb.device))
+    mmd = (real_emb - syn_emb).pow(2).sum()
+    return scale * sam, scale * task_balance * mmd
+
+
+@register_method("datadam")
+class DataDAM(Method):
+    def distill(self) -> DistillResult:
+        torch.manual_seed(self.seed)  # the random networks come from the global RNG: seed it from the run's seed
+        info, train = self.info, self.splits.train
+        ipc, n_classes = self.ipc, info.num_classes
+        iterations = int(self.option("iterations", 8000))
+        batch_real = int(self.option("batch_real", 64))
+        power = float(self.option("power", 4))
+        task_balance = float(self.option("task_balance", 0.01))
+        scale = float(self.option("loss_scale", 100.0))
+        lr_img = self.option("lr_img")
+        lr_img = float(lr_img) if lr_img is not None else (1.0 if ipc <= 50 else 10.0)
+        if iterations < 1 or batch_real < 1 or power <= 0:
+            raise DDBenchError(
+                f"datadam needs iterations >= 1, batch_real >= 1 and power > 0; got {iterations}, {batch_real}, {power}."
+            )
+        model_cfg = dict(self.model_cfg)
+        norm = self.option("norm", "batchnorm")  # BatchNorm as the paper ran it; None keeps the model config's
+        if norm is not None and model_cfg["name"].startswith("convnet"):
+            model_cfg["norm"] = norm
+        kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
+        net = create_model(model_cfg["name"], info.channels, n_classes, info.image_size, **kwargs).to(self.device)
+        net.train()  # the reference keeps train mode: BatchNorm normalises with each pass's batch statistics
+        net.requires_grad_(False)
+        feature_maps(net, self.splits.train.images[:2])  # fails now, with a clear message, for models without maps
+
+        init = self.option("init", "real")
+        if init not in ("real", "noise"):
+            raise DDBenchError(f"datadam init must be 'real' or 'noise', got {init!r}.")
+        if init == "real":
+            syn = self.real_init()
+        else:
+            syn = torch.randn((ipc * n_classes, *info.shape), device=self.device, generator=self.generator)
+        syn.requires_grad_(True)
+        optimizer = torch.optim.SGD([syn], lr=lr_img, momentum=float(self.option("momentum", 0.5)))
+        dsa = self.make_augment()
+        sam = mmd = torch.zeros(())
+        for _ in tqdm(range(iterations), desc="datadam", disable=not self.option("progress", False)):
+            reinitialize(net)
+            rows = train.sample_per_class(batch_real, self.generator)  # [K, batch_real]
+            real, fake = train.images[rows.flatten()], syn
+            if dsa is not None:  # Siamese: one draw per class, replayed on its real and synthetic images
+                draw = dsa.sample(tuple(real.shape), self.generator, groups=n_classes, per_sample=False)
+                real, fake = dsa.apply(real, draw), dsa.apply(syn, draw)
+            with torch.no_grad():
+                real_stats = matching_statistics(*net.feature_maps(real, embedding=True), n_classes, power)
+            syn_stats = matching_statistics(*net.feature_maps(fake, embedding=True), n_classes, power)
+            sam, mmd = datadam_loss(real_stats, syn_stats, task_balance, scale)
+            optimizer.zero_grad(set_to_none=True)
+            (sam + mmd).backward()
+            optimizer.step()
+        meta = {
+            "final_loss": float((sam + mmd).detach()), "final_sam_loss": float(sam.detach()),
+            "final_mmd_loss": float(mmd.detach()), "network_norm": self._norm_of(net), "attention_power": power,
+            "task_balance": task_balance, "lr_img": lr_img,
+        }
+        return DistillResult(syn.detach(), self.hard_labels(), meta=meta)
+
+    @staticmethod
+    def _norm_of(net: torch.nn.Module) -> str:
+        """Which normalisation the random networks use (recorded in the artifact meta)."""
+        kinds = set()
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                kinds.add("batchnorm")
+            elif isinstance(m, torch.nn.GroupNorm):
+                kinds.add("instancenorm" if m.num_groups == m.num_channels else "groupnorm")
+            elif isinstance(m, torch.nn.LayerNorm):
+                kinds.add("layernorm")
+        return "+".join(sorted(kinds)) or "none"
