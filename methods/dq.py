@@ -1,8 +1,9 @@
 """DQ: dataset quantization (Zhou et al., ICCV 2023), with the offline substitutes of the spec (§4.6).
 
 1. Features: a network trained by ddbench on the real train set (the cached teacher) gives, per sample, the
-   gradient embedding g = [δ, vec(δ eᵀ)] of its last layer (δ = softmax(z) − onehot(y), e = embed(x)). g is never
-   built: ⟨g_a, g_b⟩ = (δ_a·δ_b)(1 + e_a·e_b). Similarity s = 0.5 + 0.5·cos(g_a, g_b), per class.
+   gradient embedding g = [δ, vec(δ eᵀ)] of its last layer (δ = softmax(z) − onehot(y): the plain CE gradient,
+   not DeepCore's CE-on-probabilities; e = embed(x)). g is never built: ⟨g_a, g_b⟩ = (δ_a·δ_b)(1 + e_a·e_b).
+   Similarity s = 0.5 + 0.5·cos(g_a, g_b), per class (features=embedding: the cosine of e instead).
 2. Bins: per class, N non-overlapping bins by greedy GraphCut, recursively on the remaining pool U: add
    argmax_k λ·Σ_{i∈U} s(i,k) − 2·Σ_{j∈S} s(j,k) until the bin holds round(|class|/N); the last bin is the rest.
    All classes at once; the gain of every candidate from a running vector (one O(n) update per pick).
@@ -32,6 +33,12 @@ def gradient_similarity(delta: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     inner = (delta @ delta.transpose(-1, -2)) * (1 + emb @ emb.transpose(-1, -2))
     norm = (delta.pow(2).sum(-1) * (1 + emb.pow(2).sum(-1))).sqrt().clamp_min(1e-12)
     return 0.5 + 0.5 * inner / (norm.unsqueeze(-1) * norm.unsqueeze(-2))
+
+
+def embedding_similarity(emb: torch.Tensor) -> torch.Tensor:
+    """emb [..., n, D] → s = 0.5 + 0.5·cos(e_a, e_b) [..., n, n] (the penultimate-feature alternative)."""
+    unit = F.normalize(emb, dim=-1)
+    return 0.5 + 0.5 * unit @ unit.transpose(-1, -2)
 
 
 def graphcut_bins(sim: torch.Tensor, valid: torch.Tensor, bin_size: torch.Tensor, num_bins: int,
@@ -124,6 +131,9 @@ class DatasetQuantization(Method):
         if ipc > int(counts.min()):
             raise DDBenchError(f"dq selects real images: ipc={ipc} exceeds the smallest class ({int(counts.min())}).")
         num_bins = min(int(self.option("num_bins", 10)), ipc)
+        features = self.option("features", "gradient")
+        if features not in ("gradient", "embedding"):
+            raise DDBenchError(f"dq features must be 'gradient' or 'embedding', got {features!r}.")
         lam = float(self.option("lam", 1.0))
         pixel = dict(self.option("pixel") or {})
         mask_ratio = float(pixel.get("mask_ratio", 0.2)) if pixel.get("enabled", True) else 0.0
@@ -144,7 +154,8 @@ class DatasetQuantization(Method):
         delta, emb = self._gradient_parts(model, rows.flatten())
         delta = delta.view(k_classes, n_max, -1) * valid.unsqueeze(-1)
         emb = emb.view(k_classes, n_max, -1) * valid.unsqueeze(-1)
-        sim = gradient_similarity(delta, emb) * (valid.unsqueeze(-1) & valid.unsqueeze(1))
+        sim = gradient_similarity(delta, emb) if features == "gradient" else embedding_similarity(emb)
+        sim = sim * (valid.unsqueeze(-1) & valid.unsqueeze(1))
 
         # 2-3. bins, then uniform sampling from them
         bin_size = torch.tensor([round(int(c) / num_bins) for c in train.counts], device=self.device).clamp_min(1)
@@ -155,7 +166,7 @@ class DatasetQuantization(Method):
         labels = self.hard_labels()
         meta: dict[str, Any] = {
             "dq": {
-                "num_bins": num_bins, "bin_size": bin_size.tolist(), "lam": lam,
+                "num_bins": num_bins, "bin_size": bin_size.tolist(), "lam": lam, "features": features,
                 "embedding": {"network": self.model_cfg["name"], "epochs": self._teacher_config().epochs,
                               "gradient_embedding_dim": int(delta.shape[-1] * (1 + emb.shape[-1]))},
                 "keep_ratio": ipc * k_classes / len(train.images),

@@ -10,7 +10,7 @@ from ddbench.artifact import load_artifact, save_artifact
 from ddbench.artifact.patches import check_patch_fill, fill_dropped, kept_bytes, pixel_mask
 from ddbench.cache import Cache
 from ddbench.methods import create_method
-from ddbench.methods.dq import bin_quotas, gradient_similarity, graphcut_bins, keep_mask, sample_from_bins
+from ddbench.methods.dq import bin_quotas, embedding_similarity, gradient_similarity, graphcut_bins, keep_mask, sample_from_bins
 from ddbench.utils import DDBenchError, make_generator
 
 CPU = torch.device("cpu")
@@ -26,6 +26,8 @@ def test_gradient_similarity_equals_the_materialised_gradient_embedding():
     g = torch.cat([delta, (delta.unsqueeze(2) * emb.unsqueeze(1)).flatten(1)], 1)  # [δ, vec(δ eᵀ)]
     g = g / g.norm(dim=1, keepdim=True)
     torch.testing.assert_close(gradient_similarity(delta, emb), 0.5 + 0.5 * g @ g.T, rtol=1e-5, atol=1e-6)
+    e = emb / emb.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(embedding_similarity(emb), 0.5 + 0.5 * e @ e.T, rtol=1e-5, atol=1e-6)
 
 
 def brute_force_bins(sim: torch.Tensor, n: int, bin_size: int, num_bins: int, lam: float) -> list[int]:
@@ -156,5 +158,7 @@ def test_dq_rejects_bad_options(digits_small, tmp_path):
         make(digits_small, 1, tmp_path, {**OPTIONS, "pixel": {"mask_ratio": 1.0}}).distill()
     with pytest.raises(DDBenchError, match="patch"):
         make(digits_small, 1, tmp_path, {**OPTIONS, "pixel": {"patch": 3}}).distill()
+    with pytest.raises(DDBenchError, match="features"):
+        make(digits_small, 1, tmp_path, {**OPTIONS, "features": "pixels"}).distill()
     with pytest.raises(DDBenchError, match="TeacherConfig"):
         make(digits_small, 1, tmp_path, {"embedding": {"epoch": 1}}).distill()
