@@ -22,6 +22,7 @@ from ddbench.data import load_dataset
 from ddbench.methods import create_method
 from ddbench.methods.dq import gradient_similarity, graphcut_bins
 from ddbench.utils import make_generator, resolve_device
+from report import emit
 
 
 def timed(fn, device: torch.device) -> float:
@@ -64,6 +65,7 @@ def main() -> None:
         for name in ("datadam", "dm"):
             rate = distill_rate(name, splits, args.ipc, args.iterations, device, cache)
             print(f"{name:8s} {args.dataset} ipc {args.ipc} on {device}: {rate:.2f} iterations/s")
+            emit(f"{name} distillation", f"{args.dataset} ipc {args.ipc}, convnet", rate, "iterations/s", device)
 
     gen = make_generator(0, device)
     k, n = args.classes, args.rows
@@ -78,6 +80,7 @@ def main() -> None:
     print(f"dq       {k} classes x {n} rows, dim {k}+{k}x{args.dim} on {device}: similarity {t_sim:.3f} s, "
           f"{args.bins} bins/class in {t_bins:.3f} s = {k * args.bins / t_bins:.1f} bins/s "
           f"({k * n / t_bins:.0f} greedy picks/s)")
+    emit("dq bins", f"{k} classes x {n} rows, {args.bins} bins/class", k * args.bins / t_bins, "bins/s", device)
 
 
 if __name__ == "__main__":
