@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from ddbench.artifact.patches import FILLS, decode_rule, fill_dropped, kept_bytes, pixel_mask
 from ddbench.methods.base import DistillResult, Method, register_method
+from ddbench.methods.options import MethodOptions, option
 from ddbench.training import TeacherConfig, load_teacher
 from ddbench.utils import DDBenchError
 
@@ -122,28 +124,50 @@ def default_patch(size: int) -> int:
     return min(sides, key=lambda p: (abs(size // p - 14), -p))
 
 
+@dataclass
+class DQOptions(MethodOptions):
+    """conf/method/dq.yaml. `embedding`: TeacherConfig fields of the feature/CAM network (models default to the
+    run's model); the pixel stage drops `mask_ratio` of the `patch`-px patches (0 or pixel=false: whole images)."""
+
+    num_bins: int = option(10, low=1)
+    lam: float = option(1.0, positive=True)
+    features: str = option("gradient", choices=("gradient", "embedding"))
+    embedding: dict = option(factory=lambda: {"epochs": 40, "lr": 0.01, "batch_size": 256, "seed": 0})
+    pixel: bool = True
+    mask_ratio: float = option(0.2, low=0)
+    patch: int | None = option(None, low=1)
+    fill: str = option("blur", choices=FILLS)
+    cam_layer: int = -1
+
+    def check(self, method: str) -> None:
+        if self.mask_ratio >= 1:
+            raise DDBenchError(f"{method}: method.mask_ratio must be < 1 (the fraction of patches dropped), "
+                               f"got {self.mask_ratio}.")
+        valid = {f.name for f in fields(TeacherConfig)}
+        unknown = sorted(set(self.embedding) - valid)
+        if unknown:
+            raise DDBenchError(f"{method}: unknown method.embedding key(s) {unknown}; they are TeacherConfig fields: "
+                               f"{sorted(valid)}.")
+
+
 @register_method("dq")
 class DatasetQuantization(Method):
+    Options = DQOptions
+    opts: DQOptions
+
     def distill(self) -> DistillResult:
+        o = self.opts
         info, train = self.info, self.splits.train
         ipc, k_classes = self.ipc, info.num_classes
         counts = train.counts.to(self.device)
         if ipc > int(counts.min()):
             raise DDBenchError(f"dq selects real images: ipc={ipc} exceeds the smallest class ({int(counts.min())}).")
-        num_bins = min(int(self.option("num_bins", 10)), ipc)
-        features = self.option("features", "gradient")
-        if features not in ("gradient", "embedding"):
-            raise DDBenchError(f"dq features must be 'gradient' or 'embedding', got {features!r}.")
-        lam = float(self.option("lam", 1.0))
-        pixel = dict(self.option("pixel") or {})
-        mask_ratio = float(pixel.get("mask_ratio", 0.2)) if pixel.get("enabled", True) else 0.0
-        fill = pixel.get("fill", "blur")
-        patch = int(pixel.get("patch") or default_patch(info.image_size))
-        if num_bins < 1 or not 0 <= mask_ratio < 1 or fill not in FILLS or info.image_size % patch:
-            raise DDBenchError(
-                f"dq needs num_bins >= 1, 0 <= pixel.mask_ratio < 1, pixel.fill in {FILLS} and a pixel.patch dividing "
-                f"{info.image_size}; got {num_bins}, {mask_ratio}, {fill!r}, {patch}."
-            )
+        num_bins, lam, features, fill = min(o.num_bins, ipc), o.lam, o.features, o.fill
+        mask_ratio = o.mask_ratio if o.pixel else 0.0
+        patch = o.patch or default_patch(info.image_size)
+        if info.image_size % patch:
+            raise DDBenchError(f"dq: method.patch={patch} does not divide the {info.image_size}-px images; "
+                               "choose a divisor (or null for the default).")
         model = self._embedding_network()
 
         # 1. gradient embeddings, padded to [K, n_max, ·]
@@ -178,7 +202,7 @@ class DatasetQuantization(Method):
         }
         extras: dict[str, torch.Tensor] = {}
         if mask_ratio > 0:  # 4. patch drop by Grad-CAM + fill from the kept patches
-            cam = torch.cat([grad_cam(model, images[i:i + 256], labels[i:i + 256], int(pixel.get("cam_layer", -1)))
+            cam = torch.cat([grad_cam(model, images[i:i + 256], labels[i:i + 256], o.cam_layer)
                              for i in range(0, len(images), 256)])
             grid = (info.image_size // patch, info.image_size // patch)
             keep = keep_mask(cam, grid, mask_ratio)
@@ -190,13 +214,10 @@ class DatasetQuantization(Method):
         return DistillResult(images, labels, extras=extras, meta=meta)
 
     def _teacher_config(self) -> TeacherConfig:
-        cfg = dict(self.option("embedding") or {})
+        cfg = dict(self.opts.embedding)
         cfg.setdefault("models", [self.model_cfg["name"]])
         cfg.setdefault("model_kwargs", {self.model_cfg["name"]: {k: v for k, v in self.model_cfg.items() if k != "name"}})
-        try:
-            return TeacherConfig(**cfg)
-        except TypeError as err:
-            raise DDBenchError(f"dq embedding options are TeacherConfig fields ({err}); see conf/method/dq.yaml.") from None
+        return TeacherConfig(**cfg)
 
     def _embedding_network(self) -> torch.nn.Module:
         """The network trained on the real train set (cached as a teacher); the feature extractor and the CAM."""

@@ -120,14 +120,14 @@ def artifact_of(result, splits, ipc):
 
 
 def test_dq_picks_real_rows_of_the_labelled_class_without_pixels(digits_small, tmp_path):
-    result = make(digits_small, 3, tmp_path, {**OPTIONS, "pixel": {"enabled": False}}).distill()
+    result = make(digits_small, 3, tmp_path, {**OPTIONS, "pixel": False}).distill()
     rows = torch.tensor(result.meta["dq"]["selected_rows"])
     train = digits_small.train
     assert torch.equal(result.images, train.images[rows])
     assert torch.equal(train.labels[rows], result.labels) and len(set(rows.tolist())) == 30
     assert result.meta["dq"]["num_bins"] == 3 and result.meta["dq"]["bin_size"] == [10] * 10
     assert "decode" not in result.meta and not result.extras
-    again = make(digits_small, 3, tmp_path, {**OPTIONS, "pixel": {"enabled": False}}).distill()
+    again = make(digits_small, 3, tmp_path, {**OPTIONS, "pixel": False}).distill()
     assert again.meta["dq"]["selected_rows"] == result.meta["dq"]["selected_rows"]
 
 
@@ -155,9 +155,9 @@ def test_dq_rejects_bad_options(digits_small, tmp_path):
     with pytest.raises(DDBenchError, match="smallest class"):
         make(digits_small, 31, tmp_path).distill()
     with pytest.raises(DDBenchError, match="mask_ratio"):
-        make(digits_small, 1, tmp_path, {**OPTIONS, "pixel": {"mask_ratio": 1.0}}).distill()
+        make(digits_small, 1, tmp_path, {**OPTIONS, "mask_ratio": 1.0}).distill()
     with pytest.raises(DDBenchError, match="patch"):
-        make(digits_small, 1, tmp_path, {**OPTIONS, "pixel": {"patch": 3}}).distill()
+        make(digits_small, 1, tmp_path, {**OPTIONS, "patch": 3}).distill()
     with pytest.raises(DDBenchError, match="features"):
         make(digits_small, 1, tmp_path, {**OPTIONS, "features": "pixels"}).distill()
     with pytest.raises(DDBenchError, match="TeacherConfig"):
