@@ -222,7 +222,10 @@ class ResNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self._pool(self.layer4(self.layer3(self.layer2(self.layer1(out)))))
+
+    def _pool(self, out: torch.Tensor) -> torch.Tensor:
+        """The last stage's map [B,512,h,w] → the classifier's input [B,D]."""
         return out.flatten(1) if self.flatten_map else F.adaptive_avg_pool2d(out, 1).flatten(1)
 
     def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
@@ -230,7 +233,7 @@ class ResNet(nn.Module):
         maps = [F.relu(self.bn1(self.conv1(x)))]
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             maps.append(stage(maps[-1]))
-        return (maps, F.adaptive_avg_pool2d(maps[-1], 1).flatten(1)) if embedding else maps
+        return (maps, self._pool(maps[-1])) if embedding else maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
