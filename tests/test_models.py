@@ -12,6 +12,7 @@ from ddbench.models import (
     ConvNet,
     batched_forward,
     create_model,
+    feature_maps,
     list_models,
     stack_state,
     supports_vmap_training,
@@ -227,3 +228,52 @@ def test_supports_vmap_training_by_module_type():
     assert not supports_vmap_training(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=None)))
     assert not supports_vmap_training(nn.Sequential(nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4)))
     assert not supports_vmap_training(nn.LSTM(4, 4))
+
+
+# name → expected per-map shapes [C_l, H_l, W_l] (or [D_l]) for a 1-channel 16-px input
+FEATURE_SHAPES = {
+    "convnet": [[128, 16, 16], [128, 8, 8], [128, 4, 4]],
+    "convnet_bn": [[128, 16, 16], [128, 8, 8], [128, 4, 4]],
+    "alexnet": [[128, 20, 20], [192, 10, 10], [256, 5, 5], [192, 5, 5], [192, 5, 5]],
+    "vgg11": [[64, 16, 16], [128, 8, 8], [256, 4, 4], [256, 4, 4], [512, 2, 2], [512, 2, 2], [512, 1, 1], [512, 1, 1]],
+    "resnet18": [[64, 16, 16], [64, 16, 16], [128, 8, 8], [256, 4, 4], [512, 2, 2]],
+    "resnet18_ap": [[64, 16, 16], [64, 16, 16], [128, 8, 8], [256, 4, 4], [512, 2, 2]],
+    "resnet18_cifar": [[64, 16, 16], [64, 16, 16], [128, 8, 8], [256, 4, 4], [512, 2, 2]],
+    "lenet": [[6, 12, 12], [16, 2, 2]],
+    "mlp": [[128], [128]],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_SHAPES))
+def test_feature_maps_shapes_and_embedding_of_one_pass(name):
+    torch.manual_seed(0)
+    model = create_model(name, 1, 10, 16).eval()
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        maps, emb = feature_maps(model, x, embedding=True)
+        only_maps = model.feature_maps(x)
+        reference = model.embed(x)
+    assert [list(m.shape[1:]) for m in maps] == FEATURE_SHAPES[name]
+    assert all(m.shape[0] == 3 for m in maps)
+    torch.testing.assert_close(emb, reference)
+    for a, b in zip(maps, only_maps):
+        torch.testing.assert_close(a, b)
+    if name.startswith(("convnet", "alexnet", "vgg", "lenet", "mlp")):
+        assert all(bool((m >= 0).all()) for m in maps)  # post-ReLU
+
+
+def test_convnet_feature_maps_are_the_block_activations_before_pooling():
+    torch.manual_seed(0)
+    model = create_model("convnet", 1, 10, 16, width=8).eval()
+    x = torch.randn(2, 1, 16, 16)
+    f = model.features  # conv, norm, relu, pool per block
+    block1 = f[2](f[1](f[0](x)))
+    block2 = f[6](f[5](f[4](f[3](block1))))
+    maps = model.feature_maps(x)
+    torch.testing.assert_close(maps[0], block1)
+    torch.testing.assert_close(maps[1], block2)
+
+
+def test_feature_maps_of_a_model_without_the_api_is_a_clear_error():
+    with pytest.raises(DDBenchError, match="feature_maps"):
+        feature_maps(nn.Linear(4, 2), torch.zeros(1, 4))

@@ -6,7 +6,8 @@ Layout of an artifact directory:
   ``labels`` int64 [N] (hard) or float32 [N,K] (soft logits), optional ``lr`` (0-d float32) and any
   extra named tensors (factorized parts, ``zca_mean``/``zca_transform``/``zca_inverse``).
 * ``meta.json``: dataset, num_classes, image_shape, normalization, ipc, method, label_type, config,
-  seed, ddbench_version, git_commit, stored_bytes, created, format_version (and optional ``decode``).
+  seed, ddbench_version, git_commit, stored_bytes, file_bytes, created, format_version (and optional ``decode``:
+  how to decode factorized or partial sets, see :mod:`ddbench.artifact.patches`; its ``stored_bytes`` wins).
 
 Loading never executes code: safetensors and JSON only (reference ``.pt`` folders go through
 ``torch.load(weights_only=True)`` in :mod:`ddbench.artifact.importers`).
@@ -229,9 +230,12 @@ def save_artifact(artifact: Artifact, path: str | Path) -> Path:
         )
     blob = st_save(_tensor_dict(artifact))
     meta = dict(artifact.meta)
+    decode = meta.get("decode") or {}
     meta.update(
         label_type=artifact.label_type,
-        stored_bytes=len(blob),
+        # a factorized/partial set states what it really stores in its decode rule; file_bytes is the file size
+        stored_bytes=int(decode.get("stored_bytes", len(blob))),
+        file_bytes=len(blob),
         ddbench_version=ddbench.__version__,
         git_commit=git_commit(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -1,6 +1,7 @@
 """Model zoo: ConvNet family, literature evaluation architectures, timm models, and vmapped multi-seed helpers."""
 
 from ddbench.models.convnet import ConvNet
+from ddbench.models.features import feature_maps
 from ddbench.models.functional import batched_forward, stack_state, supports_vmap_training, unstack_state
 from ddbench.models.registry import create_model, list_models, register_model
 
@@ -8,6 +9,7 @@ __all__ = [
     "ConvNet",
     "batched_forward",
     "create_model",
+    "feature_maps",
     "list_models",
     "register_model",
     "stack_state",

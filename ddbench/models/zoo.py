@@ -1,7 +1,8 @@
 """Evaluation architectures of the dataset-distillation literature, plus any timm model.
 
 Every model maps x [B,C,H,W] → logits [B,num_classes], exposes `embed(x)` → penultimate features [B,D],
-and computes `forward(x) = classifier(embed(x))`. All of them accept 16/28/32/64-px inputs; sizes of the
+and computes `forward(x) = classifier(embed(x))`. The built-in ones also answer `feature_maps(x, embedding=False)`
+(see ddbench.models.features): post-activation maps [B,C_l,H_l,W_l], shallow to deep. All of them accept 16/28/32/64-px inputs; sizes of the
 flattened features are computed, not hard-coded.
 """
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench.models.convnet import make_norm
+from ddbench.models.features import Maps, activation_taps, run_tapped
 from ddbench.models.registry import register_model
 from ddbench.utils import DDBenchError
 
@@ -63,9 +65,15 @@ class AlexNet(nn.Module):
             nn.MaxPool2d(2, 2),
         )
         self.classifier = nn.Linear(_flat_size(self.features, channels, image_size, "alexnet"), num_classes)
+        self.taps = activation_taps(self.features)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).flatten(1)
+
+    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
+        """The 5 post-ReLU conv maps (before pooling); with embedding=True also embed(x)."""
+        out, maps = run_tapped(self.features, x, self.taps)
+        return (maps, out.flatten(1)) if embedding else maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
@@ -113,9 +121,15 @@ class VGG(nn.Module):
             first = False
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(in_ch * size * size, num_classes)
+        self.taps = activation_taps(self.features)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).flatten(1)
+
+    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
+        """One post-ReLU map per conv layer (before pooling); with embedding=True also embed(x)."""
+        out, maps = run_tapped(self.features, x, self.taps)
+        return (maps, out.flatten(1)) if embedding else maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
@@ -208,8 +222,18 @@ class ResNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self._pool(self.layer4(self.layer3(self.layer2(self.layer1(out)))))
+
+    def _pool(self, out: torch.Tensor) -> torch.Tensor:
+        """The last stage's map [B,512,h,w] → the classifier's input [B,D]."""
         return out.flatten(1) if self.flatten_map else F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
+        """The stem's post-ReLU map and each stage's output (5 maps); with embedding=True also embed(x)."""
+        maps = [F.relu(self.bn1(self.conv1(x)))]
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            maps.append(stage(maps[-1]))
+        return (maps, self._pool(maps[-1])) if embedding else maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
@@ -252,6 +276,13 @@ def _torchvision_resnet18_cls() -> type:
             x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
             return torch.flatten(self.avgpool(x), 1)
 
+        def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
+            """The stem's post-ReLU map and each stage's output (5 maps); with embedding=True also embed(x)."""
+            maps = [self.maxpool(self.relu(self.bn1(self.conv1(x))))]
+            for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+                maps.append(stage(maps[-1]))
+            return (maps, torch.flatten(self.avgpool(maps[-1]), 1)) if embedding else maps
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc(self.embed(x))
 
@@ -283,9 +314,15 @@ class LeNet(nn.Module):
         flat = _flat_size(self.features, channels, image_size, "lenet")
         self.fc = nn.Sequential(nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
         self.classifier = nn.Linear(84, num_classes)
+        self.taps = activation_taps(self.features)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x).flatten(1))
+
+    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
+        """The 2 post-ReLU conv maps (before pooling); with embedding=True also embed(x) [B, 84]."""
+        out, maps = run_tapped(self.features, x, self.taps)
+        return (maps, self.fc(out.flatten(1))) if embedding else maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
@@ -313,9 +350,15 @@ class MLP(nn.Module):
             in_dim = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(in_dim, num_classes)
+        self.taps = activation_taps(self.features)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x.flatten(1))
+
+    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
+        """The post-ReLU hidden vectors [B, width] (depth of them); with embedding=True also embed(x)."""
+        out, maps = run_tapped(self.features, x.flatten(1), self.taps)
+        return (maps, out) if embedding else maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
