@@ -67,6 +67,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def one_line(text: str) -> str:
+    """A message on one line: Hydra's tab-indented option lists become comma lists, OmegaConf's key dumps go."""
+    noise = ("full_key:", "object_type=", "reference_type=")
+    out: list[str] = []
+    listing: list[str] = []
+    for raw in str(text).splitlines():
+        line = raw.strip()
+        if line.startswith("Config search path"):
+            break
+        if not line or line.startswith(noise):
+            continue
+        if raw.startswith("\t"):
+            listing.append(line)
+            continue
+        if listing:
+            out.append(", ".join(listing) + ";")
+            listing = []
+        if out and out[-1][-1] not in ".;:,!?(":
+            out[-1] += "."
+        out.append(line)
+    if listing:
+        out.append(", ".join(listing) + ".")
+    return " ".join(out)
+
+
 def current_umask() -> int:
     """The process umask (read from /proc where possible; os.umask otherwise, set back at once)."""
     try:
@@ -88,7 +113,7 @@ def share_like_new(path: str | Path, directory: bool = False) -> None:
 
 def write_error(path: Path, err: OSError) -> DDBenchError:
     """A one-line error about writing `path` (the user's path, never an internal temporary name)."""
-    reason = err.strerror or type(err).__name__
+    reason = err.strerror or str(err) or type(err).__name__
     return DDBenchError(f"cannot write {path}: {reason}; choose a writable location (and check the folder exists "
                         "or can be created).")
 

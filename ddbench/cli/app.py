@@ -21,7 +21,7 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from ddbench.utils import DDBenchError
+from ddbench.utils import DDBenchError, one_line
 
 log = logging.getLogger("ddbench")
 Task = Callable[[dict[str, Any]], Any]
@@ -64,31 +64,6 @@ def _is_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def one_line(text: str) -> str:
-    """A message on one line: Hydra's tab-indented option lists become comma lists, OmegaConf's key dumps go."""
-    noise = ("full_key:", "object_type=", "reference_type=")
-    out: list[str] = []
-    listing: list[str] = []
-    for raw in str(text).splitlines():
-        line = raw.strip()
-        if line.startswith("Config search path"):
-            break
-        if not line or line.startswith(noise):
-            continue
-        if raw.startswith("\t"):
-            listing.append(line)
-            continue
-        if listing:
-            out.append(", ".join(listing) + ";")
-            listing = []
-        if out and out[-1][-1] not in ".;:,!?(":
-            out[-1] += "."
-        out.append(line)
-    if listing:
-        out.append(", ".join(listing) + ".")
-    return " ".join(out)
 
 
 def is_user_error(err: BaseException) -> bool:
