@@ -137,7 +137,8 @@ def _terminate(signum: int, frame: Any) -> None:
 def run_cli(app: Callable[[], Any]) -> Any:
     """Run a Hydra app with ddbench's error handling (see the module docstring)."""
     full = wants_traceback(sys.argv[1:])
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)  # a cluster's time limit or `kill` cleans up like Ctrl-C
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; the error is printed here
@@ -156,6 +157,8 @@ def run_cli(app: Callable[[], Any]) -> Any:
         print("error: interrupted; nothing half-written was kept.", file=sys.stderr)
         sys.exit(130)
     finally:
+        if handler is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, handler)
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
