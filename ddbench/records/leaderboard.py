@@ -238,6 +238,6 @@ def render_csv(frame: pd.DataFrame) -> str:
     """The full frame as CSV (accuracies as fractions, full precision); text cells can't start a formula."""
     safe = frame.copy()
     for column in safe.columns:
-        if safe[column].dtype == object:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
             safe[column] = safe[column].map(neutralise_formula)
     return safe.to_csv(index=False, lineterminator="\n")
