@@ -154,6 +154,13 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     sweep.args += [f"paths.records={sweep.records}", f"paths.cache={sweep.root / 'cache'}",
                    f"hydra.sweep.dir={sweep.out}"]
     started["sweep"] = sweep
+    # SLURM goes through Hydra's submitit launcher; its local executor runs the same path on this machine
+    submitit = make_run(base, "submitit", "ddbench-run", "-m", "hydra/launcher=submitit_local",
+                        "hydra.launcher.timeout_min=10", "method=random", "dataset=digits", "ipc=1", "seed=0,1",
+                        "smoke=true", *QUICK_EVAL, "progress=false", hydra=False)
+    submitit.args += [f"paths.records={submitit.records}", f"paths.cache={submitit.root / 'cache'}",
+                      f"hydra.sweep.dir={submitit.out}"]
+    started["submitit"] = submitit
     try:
         import wandb  # noqa: F401
 
@@ -326,6 +333,17 @@ def test_sweep_writes_one_record_per_job_and_the_leaderboard_shows_them(runs):
     methods = frame["method"].str.split(" ").str[0]
     assert sorted(zip(methods, frame["ipc"])) == sorted((m, ipc) for m in BASELINES for ipc in (1, 10))
     assert set(frame["dataset"]) == {"digits"} and (frame["n_seeds"] == 1).all()
+
+
+def test_submitit_local_sweep_runs_each_job_through_submitit(runs):
+    sweep = runs["submitit"].wait()
+    assert sweep.returncode == 0, sweep.explain()
+    records = read_records(sweep.records)
+    assert sorted(r["seed"] for r in records) == [0, 1], sweep.explain()
+    artifacts = {r["artifact"] for r in records}
+    assert len(artifacts) == 2 and all(Path(a).parent.parent == sweep.out for a in artifacts)
+    assert sorted(load_artifact(a).meta["seed"] for a in artifacts) == [0, 1]  # each record names its own artifact
+    assert len(list((sweep.out / ".submitit").rglob("*_result.pkl"))) == 2  # both jobs ran as submitit jobs
 
 
 def test_record_json_is_plain(runs):
