@@ -122,8 +122,8 @@ def format_cell(mean: float, std: float, n_seeds: int) -> str:
 
 
 def _escape(text: Any) -> str:
-    """A table cell or heading: HTML and link brackets escaped (a record can hold any text), pipes escaped."""
-    text = html.escape(str(text), quote=False).replace("[", "\\[").replace("]", "\\]")
+    """A table cell or heading: HTML and links escaped (a record can hold any text), pipes escaped."""
+    text = html.escape(str(text), quote=False).replace("](", "]\\(")
     return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
