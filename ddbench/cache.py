@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,14 +32,36 @@ class Cache:
     def path(self, kind: str, key: dict[str, Any]) -> Path:
         return self.root / kind / f"{stable_hash(key)}.safetensors"
 
-    def load(self, kind: str, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    def load(self, kind: str, key: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, torch.Tensor] | None:
+        """The cached product, or None when there is none. An unreadable entry, or one without the `required`
+        tensors, is moved aside (named in a warning) and None is returned, so the caller recomputes it."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = self.path(kind, key)
         if not path.is_file():
             return None
+        try:
+            found = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            self.set_aside(path, kind, " ".join(str(err).split())[:160])
+            return None
+        missing = [name for name in required if name not in found]
+        if missing:
+            self.set_aside(path, kind, f"it lacks {', '.join(missing)}")
+            return None
         log.info("reusing cached %s %s", kind, path)
-        return load_file(str(path))
+        return found
+
+    def set_aside(self, path: Path, kind: str, why: str) -> Path:
+        """Move a corrupted cache entry to `<name>.corrupt-<id>` beside it (kept for inspection, never read)."""
+        aside = path.with_name(f"{path.name}.corrupt-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:  # another job moved it first
+            return aside
+        log.warning("cached %s %s is corrupted (%s); moved aside to %s and recomputing", kind, path, why, aside)
+        return aside
 
     def save(self, kind: str, key: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
         from safetensors.torch import save
@@ -49,10 +72,11 @@ class Cache:
         return path
 
     def get_or_create(
-        self, kind: str, key: dict[str, Any], build: Callable[[], dict[str, torch.Tensor]]
+        self, kind: str, key: dict[str, Any], build: Callable[[], dict[str, torch.Tensor]],
+        required: tuple[str, ...] = (),
     ) -> dict[str, torch.Tensor]:
-        """The cached product for `key`, building and storing it on a miss."""
-        found = self.load(kind, key)
+        """The cached product for `key`, building and storing it on a miss (or when the entry is corrupted)."""
+        found = self.load(kind, key, required)
         if found is not None:
             return found
         log.info("building %s (not cached yet)", kind)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ddbench.artifact import Artifact, save_artifact
 from ddbench.cache import Cache
+from ddbench.checks import check_ipc_fits
 from ddbench.data import Splits, load_dataset
 from ddbench.evaluation import EvalProtocol, EvalResult, evaluate_synthetic
 from ddbench.methods import DistillResult, MethodOptions, create_method
@@ -130,7 +131,9 @@ def check_method(cfg: dict[str, Any]) -> MethodOptions:
 
 
 def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[Artifact, float]:
-    """Run the configured method; returns the artifact (not yet saved) and the wall time in seconds."""
+    """Run the configured method; returns the artifact (not yet saved) and the wall time in seconds (with the time
+    of earlier, interrupted parts when the method resumed from a checkpoint)."""
+    check_ipc_fits(int(cfg["ipc"]), splits.train.counts.tolist(), splits.info.name)
     seed_everything(cfg["seed"])
     method = create_method(
         cfg["method"]["name"], splits=splits, ipc=int(cfg["ipc"]), seed=int(cfg["seed"]), device=device,
@@ -147,7 +150,7 @@ def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[
         raise DDBenchError(f"{err} Last good artifact: {path}") from err
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + float(result.meta.get("resumed_seconds") or 0.0)
     return _artifact(cfg, splits, result, seconds), seconds
 
 

@@ -25,13 +25,27 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
 
 
+DEVICE_HELP = "valid devices: auto, cpu, cuda, cuda:N (N = GPU index), mps"
+
+
 def resolve_device(name: str | None = "auto") -> torch.device:
-    """'auto' → cuda when available, else cpu; anything else is passed to torch.device."""
+    """'auto' → cuda when available, else cpu; 'cpu', 'cuda', 'cuda:N' or 'mps' otherwise (checked to exist)."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DDBenchError(f"device={name!r} was asked for but CUDA is not available; use device=cpu or device=auto.")
+    if not isinstance(name, str) or name.split(":", 1)[0] not in ("cpu", "cuda", "mps"):
+        raise DDBenchError(f"unknown device={name!r}; {DEVICE_HELP}.")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DDBenchError(f"unknown device={name!r}; {DEVICE_HELP}.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DDBenchError(f"device={name!r} was asked for but CUDA is not available; use device=cpu or device=auto.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DDBenchError(f"device={name!r} but this machine has {torch.cuda.device_count()} GPU(s) "
+                               f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pick one of them or device=cuda.")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DDBenchError(f"device={name!r} was asked for but MPS is not available; use device=cpu or device=auto.")
     return device
 
 
@@ -53,28 +67,88 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def one_line(text: str) -> str:
+    """A message on one line: Hydra's tab-indented option lists become comma lists, OmegaConf's key dumps go."""
+    noise = ("full_key:", "object_type=", "reference_type=")
+    out: list[str] = []
+    listing: list[str] = []
+    for raw in str(text).splitlines():
+        line = raw.strip()
+        if line.startswith("Config search path"):
+            break
+        if not line or line.startswith(noise):
+            continue
+        if raw.startswith("\t"):
+            listing.append(line)
+            continue
+        if listing:
+            out.append(", ".join(listing) + ";")
+            listing = []
+        if out and out[-1][-1] not in ".;:,!?(":
+            out[-1] += "."
+        out.append(line)
+    if listing:
+        out.append(", ".join(listing) + ".")
+    return " ".join(out)
+
+
 def current_umask() -> int:
-    """The process's file-creation mask (read without changing it for longer than an instant)."""
+    """The process umask (read from /proc where possible; os.umask otherwise, set back at once)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def share_like_new(path: str | Path, directory: bool = False) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (0600/0700) the mode a plain open()/mkdir() would: the umask's."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def write_error(path: Path, err: OSError) -> DDBenchError:
+    """A one-line error about writing `path` (the user's path, never an internal temporary name)."""
+    reason = err.strerror or str(err) or type(err).__name__
+    return DDBenchError(f"cannot write {path}: {reason}; choose a writable location (and check the folder exists "
+                        "or can be created).")
+
+
+def make_parent(path: Path) -> None:
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the file from other readers
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path, err) from None
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename.
+
+    The file gets the mode a plain write would give (0666 minus the umask); the temporary file is removed on any
+    failure or interruption; an OSError becomes a DDBenchError naming `path`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DDBenchError(f"cannot write {path}: it is a directory; give a file name.")
+    make_parent(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        share_like_new(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise write_error(path, err) from None
         raise
     return path
 
@@ -178,3 +252,45 @@ def reset_rss_peak() -> int | None:
 def rss_peak_bytes() -> int | None:
     """Peak RSS since the last `reset_rss_peak` (Linux /proc VmHWM), in bytes; None where unavailable."""
     return _status_bytes("VmHWM")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a type hint (bool is not an int; an int is a float; lists check their items)."""
+    import dataclasses
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is list or origin is list:
+        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, (dict, hint))
+    return True
+
+
+def check_option_types(cls: type, values: dict[str, Any], where: str) -> None:
+    """Each value of `values` has the type its field of dataclass `cls` declares; DDBenchError naming it otherwise."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        if name in hints and not _matches(value, hints[name]):
+            wanted = str(hints[name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise DDBenchError(f"{where}.{name} must be {wanted}, got {value!r}; fix {where}.{name}=... "
+                               f"(defaults: conf/{where.split('.')[0]}/).")

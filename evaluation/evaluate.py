@@ -167,7 +167,7 @@ class Evaluator:
                             _generator(["full_hard", name, proto.seeds], self.device))
             return {"accuracies": torch.tensor(self.accuracy(nets, proto))}
 
-        return self.cache.get_or_create("baselines", key, build)["accuracies"].tolist()
+        return self.cache.get_or_create("baselines", key, build, required=("accuracies",))["accuracies"].tolist()
 
     def random_subsets(self, ipc: int, seeds: list[int], source: ClassTensors) -> tuple[torch.Tensor, torch.Tensor]:
         """One random real subset of ipc images per class for each seed: images [S,ipc*K,C,H,W], labels [S,ipc*K]."""
@@ -205,7 +205,7 @@ class Evaluator:
                             _generator(["random", name, protocol.seeds, ipc], self.device))
             return {"accuracies": torch.tensor(self.accuracy(nets, protocol))}
 
-        return self.cache.get_or_create("baselines", key, build)["accuracies"].tolist()
+        return self.cache.get_or_create("baselines", key, build, required=("accuracies",))["accuracies"].tolist()
 
     def scores(self, name: str, images: torch.Tensor, labels: torch.Tensor, mode: str, lr: float, lr_source: str,
                syn: list[float], ipc: int) -> dict[str, float]:

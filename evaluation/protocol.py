@@ -15,11 +15,12 @@ training set, never on the test set; test accuracy is measured once, at the last
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ddbench.training.recipe import TeacherConfig, TrainRecipe
-from ddbench.utils import DDBenchError
+from ddbench.utils import DDBenchError, check_option_types
 
 KINDS = ("dc", "kd")
 # artifact: train on what the artifact stores (hard → CE, soft logits → soft loss);
@@ -37,10 +38,13 @@ def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
 
 def _from_dict(cls: type, cfg: dict[str, Any] | None, where: str) -> Any:
     cfg = dict(cfg or {})
+    if not isinstance(cfg, dict):
+        raise DDBenchError(f"{where} must be a mapping of options, got {cfg!r}.")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise DDBenchError(f"unknown {where} option(s) {unknown}; valid options: {sorted(known)}.")
+    check_option_types(cls, cfg, where)
     return cls(**cfg)
 
 
@@ -98,6 +102,7 @@ class EvalProtocol(TrainRecipe):
         unknown = sorted(set(cfg) - known)
         if unknown:
             raise DDBenchError(f"unknown eval option(s) {unknown}; valid options: {sorted(known)}.")
+        check_option_types(cls, cfg, "eval")
         cfg["teacher"] = _from_dict(TeacherConfig, cfg.get("teacher"), "eval.teacher")
         cfg["full_data"] = _from_dict(FullDataConfig, cfg.get("full_data"), "eval.full_data")
         proto = cls(**cfg)
@@ -112,6 +117,7 @@ class EvalProtocol(TrainRecipe):
         return proto
 
     def validate(self) -> None:
+        self._check_ranges()
         _check_choice("kind", self.kind, KINDS)
         self.check_recipe("eval")
         if self.optimizer == "gsam":
@@ -138,6 +144,30 @@ class EvalProtocol(TrainRecipe):
         if not self.teacher.models:
             raise DDBenchError("eval.teacher.models must name at least one model.")
         self.teacher.check_recipe("eval.teacher")
+
+    def _check_ranges(self) -> None:
+        """Counts >= 1, rates > 0, fractions in [0, 1] (types are checked by from_dict)."""
+        counts = {"epochs": self.epochs, "epochs_no_aug": self.epochs_no_aug, "num_seeds": self.num_seeds,
+                  "batch_size": self.batch_size, "test_batch_size": self.test_batch_size,
+                  "teacher.epochs": self.teacher.epochs, "teacher.batch_size": self.teacher.batch_size,
+                  "full_data.epochs": self.full_data.epochs, "full_data.batch_size": self.full_data.batch_size}
+        for name, value in counts.items():
+            if value < 1:
+                raise DDBenchError(f"eval.{name} must be >= 1, got {value!r}.")
+        rates = {"lr": self.lr, "lr_decay_factor": self.lr_decay_factor, "teacher.lr": self.teacher.lr}
+        if self.full_data.lr is not None:
+            rates["full_data.lr"] = self.full_data.lr
+        for name, value in rates.items():
+            if not (value > 0 and math.isfinite(value)):
+                raise DDBenchError(f"eval.{name} must be a finite number > 0, got {value!r}.")
+        for name, value in {"momentum": self.momentum, "teacher.momentum": self.teacher.momentum,
+                            "lr_decay_at": self.lr_decay_at}.items():
+            if not 0 <= value <= 1:
+                raise DDBenchError(f"eval.{name} must be in [0, 1], got {value!r}.")
+        for name, value in {"weight_decay": self.weight_decay, "teacher.weight_decay": self.teacher.weight_decay,
+                            "crop_padding": self.crop_padding, "seed_base": self.seed_base}.items():
+            if value < 0:
+                raise DDBenchError(f"eval.{name} must be >= 0, got {value!r}.")
 
     @property
     def seeds(self) -> list[int]:

@@ -105,7 +105,8 @@ class DistributionMatching(Method):
             if ckpt.due(done, o.iterations):
                 ckpt.save(done, {"images": syn}, optimizer)
         ckpt.clear()
-        return DistillResult(syn.detach(), self.hard_labels(), meta={"final_loss": float(loss.detach())})
+        return DistillResult(syn.detach(), self.hard_labels(),
+                             meta={"final_loss": float(loss.detach()), "resumed_seconds": ckpt.prior_seconds})
 
     def chunk_plan(self, net: torch.nn.Module, syn: torch.Tensor) -> ChunkPlan:
         """Rows per chunk of the real (no graph) and synthetic (with graph) forwards under the memory budget."""

@@ -184,7 +184,8 @@ def load_or_train_experts(
     indices = list(range(spec.num_experts)) if indices is None else [int(i) for i in indices]
     fingerprint = data_fingerprint(splits)
     keys = {i: expert_key(splits, model_cfg, spec, augment_cfg, i, fingerprint) for i in indices}
-    missing = [i for i in indices if not cache.path(KIND, keys[i]).is_file()]
+    cached = {i: cache.load(KIND, keys[i], required=("trajectory",)) for i in indices}  # corrupted ones: None
+    missing = [i for i in indices if cached[i] is None]
     found = len(indices) - len(missing)
     if found:
         log.info("reusing cached experts: %d of %d found under %s", found, len(indices), cache.root / KIND)
@@ -202,21 +203,8 @@ def load_or_train_experts(
                 trained[i] = traj[j]
             log.info("experts %s trained in %.1f s; test accuracy %s", group, time.perf_counter() - began,
                      ", ".join(f"{100 * float(a):.1f}%" for a in accuracy))
-    out = [trained[i] if i in trained else _read(cache, keys[i], i) for i in indices]
+    out = [trained[i] if i in trained else cached[i]["trajectory"] for i in indices]  # type: ignore[index]
     shapes = {tuple(t.shape) for t in out}
     if len(shapes) != 1:
         raise DDBenchError(f"cached experts have different shapes {sorted(shapes)}; clear {cache.root / KIND}.")
     return torch.stack(out)
-
-
-def _read(cache: Cache, key: dict[str, Any], index: int) -> Tensor:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = cache.path(KIND, key)
-    try:
-        return load_file(str(path))["trajectory"]
-    except (OSError, SafetensorError, KeyError) as err:
-        raise DDBenchError(
-            f"cannot read cached expert {index} at {path} ({err}); delete the file and run again."
-        ) from err

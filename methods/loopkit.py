@@ -4,6 +4,7 @@ a device-side divergence guard that keeps the last good state, and checkpoints t
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -83,6 +84,7 @@ class Checkpointer:
         self.cache, self.key, self.every = cache, key, int(every or 0)
         self.resume = str(resume).lower()
         self.generator, self.global_rng = generator, global_rng
+        self.started, self.prior_seconds = time.perf_counter(), 0.0  # prior: the time of earlier, interrupted parts
 
     def due(self, done: int, total: int) -> bool:
         return bool(self.every) and done % self.every == 0 and done < total
@@ -92,6 +94,7 @@ class Checkpointer:
         out.update({f"buf_{k}": o.buf for k, o in opts.items() if o.buf is not None})
         out["iteration"] = torch.tensor(iteration)
         out["generator"] = self.generator.get_state()
+        out["seconds"] = torch.tensor(self.prior_seconds + time.perf_counter() - self.started, dtype=torch.float64)
         if self.global_rng:
             out["global_rng"] = torch.get_rng_state()
         self.cache.save("checkpoints", self.key, out)
@@ -106,8 +109,10 @@ class Checkpointer:
             if self.resume == "true":
                 log.warning("resume=true but no checkpoint matches this configuration (looked for %s)", path)
             return 0, {}
-        found = self.cache.load("checkpoints", self.key)
-        assert found is not None
+        needed = ("iteration", "generator", *(k for k, v in tensors.items() if v is not None))
+        found = self.cache.load("checkpoints", self.key, required=needed)
+        if found is None:  # corrupted: the cache set it aside
+            return 0, {}
         done = int(found["iteration"])
         if done > iterations:
             log.warning("checkpoint at iteration %d is past iterations=%d; starting over", done, iterations)
@@ -122,6 +127,7 @@ class Checkpointer:
         self.generator.set_state(found["generator"])
         if self.global_rng:
             torch.set_rng_state(found["global_rng"])
+        self.prior_seconds = float(found["seconds"]) if "seconds" in found else 0.0
         log.info("resuming from the checkpoint at iteration %d (%s)", done, path)
         return done, found
 

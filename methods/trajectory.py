@@ -269,7 +269,8 @@ class TrajectoryMatching(Method):
         ckpt.clear()
         images_out = state.ema if state.ema is not None else state.images
         meta = {"final_loss": float(loss.detach()), "learned_lr": float(state.lr), "iterations": iterations,
-                "num_experts": n_experts, "expert_recipe": spec.recipe(), "unroll": o.unroll}
+                "num_experts": n_experts, "expert_recipe": spec.recipe(), "unroll": o.unroll,
+                "resumed_seconds": ckpt.prior_seconds}
         if state.ema is not None:
             meta["ema_decay"] = float(o.ema_decay)
         return DistillResult(images_out.detach().clone(), state.labels.detach().clone(), state.lr.detach().clone(),

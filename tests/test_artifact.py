@@ -216,17 +216,42 @@ def test_reference_import(tmp_path: Path) -> None:
 def test_reference_import_soft_labels_and_unequal_counts(tmp_path: Path) -> None:
     ref = tmp_path / "ref"
     ref.mkdir()
-    classes = torch.arange(K).repeat(2)
+    classes = torch.arange(K).repeat_interleave(2)  # class-major, as the trajectory repos store them
     logits = torch.nn.functional.one_hot(classes, K).float() * 3
-    torch.save(torch.randn(2 * K, C, S, S), ref / "images_best.pt")
+    images = torch.randn(2 * K, C, S, S)
+    torch.save(images, ref / "images_best.pt")
     torch.save(logits, ref / "labels_best.pt")
     art = load_artifact(ref, dataset="digits")
     assert art.label_type == "soft" and art.ipc == 2
-    assert torch.equal(art.labels.argmax(1), torch.arange(K).repeat_interleave(2))
+    assert torch.equal(art.labels, logits) and torch.equal(art.images, images)
 
-    torch.save(torch.cat([torch.zeros(2, dtype=torch.long), classes[2:]]), ref / "labels_best.pt")
+    torch.save(logits[:-1], ref / "labels_best.pt")
+    torch.save(images[:-1], ref / "images_best.pt")
+    with pytest.raises(DDBenchError, match="ipc x 10 classes"):
+        load_artifact(ref, dataset="digits")
+
+    torch.save(images, ref / "images_best.pt")
+    torch.save(torch.cat([torch.zeros(3, dtype=torch.long), classes[3:]]), ref / "labels_best.pt")
     with pytest.raises(DDBenchError, match="same number of images"):
         load_artifact(ref, dataset="digits")
+
+
+def test_datm_learned_labels_keep_their_class_major_classes(tmp_path: Path) -> None:
+    """DATM's labels_best.pt: learned logits of class-major images; one label drifting to another class's argmax
+    must neither refuse the set nor move the image."""
+    ref = tmp_path / "datm"
+    ref.mkdir()
+    ipc = 10
+    classes = torch.arange(K).repeat_interleave(ipc)
+    logits = torch.nn.functional.one_hot(classes, K).float() * 2 + 0.1 * torch.randn(ipc * K, K)
+    logits[7] = torch.nn.functional.one_hot(torch.tensor(4), K).float() * 5  # image 7 (class 0) drifted to 4
+    images = torch.randn(ipc * K, C, S, S)
+    torch.save(images, ref / "images_best.pt")
+    torch.save(logits, ref / "labels_best.pt")
+    art = load_artifact(ref, dataset="digits")
+    assert art.ipc == ipc and art.label_type == "soft"
+    assert torch.equal(art.labels, logits) and torch.equal(art.images, images)
+    assert torch.equal(art.class_of(), classes)
 
 
 class _Exploit:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ddbench.cache import Cache, default_cache_root
+from ddbench.utils import DDBenchError
 
 KEY = {"data": {"dataset": "digits", "shape": [10, 1, 16, 16]}, "model": {"name": "convnet"}, "epochs": 2}
 
@@ -79,7 +80,7 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DDBenchError, match="cannot write .*embeddings.*: disk full"):
         cache.get_or_create("embeddings", other, Builder())
     monkeypatch.undo()
     assert not cache.path("embeddings", other).exists()

@@ -102,11 +102,11 @@ def test_every_experiment_preset_composes(hydra_compose):
         check_experiment(hydra_compose, name)
 
 
-@pytest.mark.parametrize("launcher", ["joblib_gpus", "slurm"])
+@pytest.mark.parametrize("launcher", ["joblib_gpus", "slurm", "submitit_local"])
 def test_launcher_configs_compose(hydra_compose, launcher):
     cfg = hydra_compose(f"hydra/launcher={launcher}", hydra_config=True)
     target = cfg.hydra.launcher._target_
-    assert ("Joblib" if launcher == "joblib_gpus" else "Slurm") in target
+    assert {"joblib_gpus": "Joblib", "slurm": "Slurm", "submitit_local": "LocalLauncher"}[launcher] in target
 
 
 def test_resolved_config_applies_smoke_settings(hydra_compose):

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ddbench.artifact.store import Artifact, replace_dir
-from ddbench.utils import DDBenchError, atomic_write_bytes
+from ddbench.utils import DDBenchError, atomic_write_bytes, make_parent, share_like_new, write_error
 
 
 def to_pixels(artifact: Artifact) -> Tensor:
@@ -112,7 +112,7 @@ def _is_previous_export(folder: Path) -> bool:
 def export_imagefolder(artifact: Artifact, directory: str | Path) -> Path:
     """Write `<dir>/00000/00000.png ...`: one folder per class index, images in artifact order.
 
-    Soft labels are exported under their argmax class. The tree is built in a temporary sibling and
+    Soft-label images are exported under their class-major class. The tree is built in a temporary sibling and
     swapped in; an existing directory is replaced only if it is empty or a previous export.
     """
     directory = Path(directory)
@@ -128,8 +128,12 @@ def export_imagefolder(artifact: Artifact, directory: str | Path) -> Path:
     pixels = _to_uint8(to_pixels(artifact))
     _pil_mode(pixels.shape[-1])
     classes = artifact.class_of().tolist()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    make_parent(directory)
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    except OSError as err:
+        raise write_error(directory, err) from None
+    share_like_new(tmp, directory=True)
     try:
         counters: dict[int, int] = {}
         for index, cls in enumerate(classes):
@@ -139,8 +143,10 @@ def export_imagefolder(artifact: Artifact, directory: str | Path) -> Path:
             counters[cls] = within + 1
             (folder / f"{within:05d}.png").write_bytes(_png_bytes(pixels[index]))
         replace_dir(tmp, directory)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise write_error(directory, err) from None
         raise
     return directory
 

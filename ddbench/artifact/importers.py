@@ -132,9 +132,23 @@ def _as_tensor(obj: object, file: Path) -> Tensor:
     )
 
 
+def _soft_class_major(images: Tensor, labels: Tensor, num_classes: int, source: Path) -> tuple[Tensor, Tensor, int]:
+    """Learned soft labels [N, K] belong to class-major images (N = ipc * K, image i of class i // ipc): the class
+    comes from the position, never from the argmax of a label that training may have moved. Nothing is reordered."""
+    n = len(images)
+    if n == 0 or n % num_classes:
+        raise DDBenchError(
+            f"{source} holds {n} images with soft labels; learned labels belong to class-major images, so the count "
+            f"must be ipc x {num_classes} classes. Check the dataset (--dataset / dataset=) and the files."
+        )
+    return images.contiguous(), labels.contiguous(), n // num_classes
+
+
 def _class_major(images: Tensor, labels: Tensor, num_classes: int, source: Path) -> tuple[Tensor, Tensor, int]:
     """Stable-sort images/labels by class; return them with the (equal) per-class count."""
-    classes = labels.argmax(dim=1) if labels.is_floating_point() else labels
+    if labels.is_floating_point():
+        return _soft_class_major(images, labels, num_classes, source)
+    classes = labels
     counts = torch.bincount(classes, minlength=num_classes)
     if len(counts) > num_classes or int(counts.min()) != int(counts.max()) or int(counts[0]) == 0:
         shown = ", ".join(f"{c}:{int(n)}" for c, n in enumerate(counts.tolist()))

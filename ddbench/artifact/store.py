@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddbench.utils import DDBenchError
+from ddbench.utils import DDBenchError, make_parent, share_like_new, write_error
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "tensors.safetensors"
@@ -77,19 +77,39 @@ class Artifact:
         return self.meta[key]
 
     def class_of(self) -> Tensor:
-        """Class index per image [N] (argmax for soft labels)."""
-        return self.labels.argmax(dim=1) if self.label_type == "soft" else self.labels
+        """Class index per image [N]: the class-major position for soft labels (image i is of class i // ipc,
+        whatever its learned logits say), the label itself for hard labels."""
+        if self.label_type == "soft":
+            return torch.arange(self.num_classes, device=self.labels.device).repeat_interleave(self.ipc)
+        return self.labels
+
+    def _check_meta_types(self) -> None:
+        for key in ("dataset", "num_classes", "ipc", "image_shape"):
+            self._meta_field(key)
+
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        meta = self.meta
+        if not isinstance(meta["dataset"], str) or not meta["dataset"]:
+            raise DDBenchError(f"artifact meta 'dataset' must be a dataset name, got {meta['dataset']!r}; fix meta.json.")
+        for key in ("ipc", "num_classes"):
+            if not whole(meta[key]) or meta[key] < 1:
+                raise DDBenchError(f"artifact meta {key!r} must be an int >= 1, got {meta[key]!r}; fix meta.json.")
+        shape = meta["image_shape"]
+        if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(whole(v) and v >= 1 for v in shape):
+            raise DDBenchError(f"artifact meta 'image_shape' must be [C, H, W] of ints >= 1, got {shape!r}; "
+                               "fix meta.json.")
 
     def validate(self) -> None:
         """Check tensors against meta; raise DDBenchError naming the first problem and how to fix it."""
         images, labels = self.images, self.labels
         if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
             raise DDBenchError("artifact images and labels must be torch tensors; convert them with torch.as_tensor.")
-        for key in ("dataset", "num_classes", "ipc", "image_shape"):
-            self._meta_field(key)
-        if images.ndim != 4 or not images.is_floating_point():
+        self._check_meta_types()
+        if images.ndim != 4 or images.dtype != torch.float32:
             raise DDBenchError(
-                f"artifact images must be a 4-D float tensor [N,C,H,W], got {images.dtype} of shape "
+                f"artifact images must be a 4-D float32 tensor [N,C,H,W], got {images.dtype} of shape "
                 f"{list(images.shape)}; reshape to [N,C,H,W] and convert with .float()."
             )
         n, k, ipc = images.shape[0], self.num_classes, self.ipc
@@ -247,14 +267,19 @@ def save_artifact(artifact: Artifact, path: str | Path) -> Path:
     meta["image_shape"] = [int(s) for s in meta["image_shape"]]
     meta_bytes = (json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n").encode()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    make_parent(path)
+    tmp = None
     try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+        share_like_new(tmp, directory=True)
         _fsync_write(tmp / TENSORS_FILE, blob)
         _fsync_write(tmp / META_FILE, meta_bytes)
         replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise write_error(path, err) from None
         raise
     artifact.meta = meta
     return path

@@ -9,7 +9,9 @@ from ddbench.cli.app import hydra_main
 
 def distill(cfg: dict[str, Any]) -> str:
     from ddbench import pipeline
+    from ddbench.checks import check_config
 
+    check_config(cfg, "distill")
     pipeline.check_method(cfg)
     device = pipeline.pick_device(cfg)
     splits = pipeline.load_splits(cfg, device)

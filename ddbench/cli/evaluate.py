@@ -21,6 +21,7 @@ def dataset_was_given() -> bool:
 def evaluate(cfg: dict[str, Any]) -> float:
     from ddbench import pipeline
     from ddbench.artifact import load_artifact
+    from ddbench.checks import check_config
 
     if not cfg.get("artifact"):
         raise DDBenchError("ddbench-eval needs artifact=PATH (a ddbench artifact folder or a folder with images_best.pt).")
@@ -28,6 +29,7 @@ def evaluate(cfg: dict[str, Any]) -> float:
     artifact = load_artifact(cfg["artifact"], dataset=cfg["dataset"]["name"] if given else None)
     if not given:
         cfg["dataset"]["name"] = artifact.dataset
+    check_config(cfg, "eval")
     device = pipeline.pick_device(cfg)
     splits = pipeline.load_splits(cfg, device)
     results = pipeline.evaluate(cfg, artifact, splits)

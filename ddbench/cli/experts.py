@@ -21,9 +21,11 @@ log = logging.getLogger("ddbench")
 def train(cfg: dict[str, Any]) -> int:
     from ddbench import pipeline
     from ddbench.cache import Cache
+    from ddbench.checks import check_config
     from ddbench.methods.experts import load_or_train_experts
     from ddbench.utils import DDBenchError
 
+    check_config(cfg, "experts")
     options = pipeline.check_method(cfg)
     spec = getattr(options, "experts", None)
     if spec is None:

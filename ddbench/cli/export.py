@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from ddbench.utils import DDBenchError
+from ddbench.utils import DDBenchError, one_line
 
 FORMATS = ("png-grid", "imagefolder", "npz", "ddbench")
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, metavar="PATH", help="output file (png-grid, npz) or directory")
     parser.add_argument("--dataset", metavar="NAME", default=None, help="dataset the images come from (for imports)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output (refused otherwise)")
     return parser
 
 
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from ddbench.artifact import export_imagefolder, export_npz, export_png_grid, load_artifact, save_artifact
 
     try:
+        if os.path.lexists(args.out) and not args.force:
+            raise DDBenchError(f"{args.out} already exists; pass --force to replace it, or choose another --out.")
         artifact = load_artifact(args.artifact, dataset=args.dataset)
         if args.format == "png-grid":
             out = export_png_grid(artifact, args.out)
@@ -45,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = save_artifact(artifact, args.out)
     except (DDBenchError, OSError) as err:
-        message = " ".join(str(err).split())
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
     print(f"wrote {args.format} ({artifact.dataset}, ipc={artifact.ipc}, {artifact.label_type} labels) to {out}")
     return 0

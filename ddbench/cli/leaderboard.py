@@ -17,7 +17,7 @@ import pandas as pd
 
 from ddbench.records import leaderboard_frame, read_records, render_csv, render_markdown
 from ddbench.records.html import html_report, render_html
-from ddbench.utils import DDBenchError, atomic_write_bytes
+from ddbench.utils import DDBenchError, atomic_write_bytes, one_line
 
 DEFAULT_RECORDS = "leaderboard/records"
 
@@ -55,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        records = read_records(args.records, strict=not args.lenient)
+        try:
+            records = read_records(args.records, strict=not args.lenient)
+        except DDBenchError as err:
+            if args.lenient or not Path(args.records).is_dir():
+                raise
+            raise DDBenchError(f"{err} Fix or remove the file, or pass --lenient to skip invalid records "
+                               "with a warning.") from err
         frame = leaderboard_frame(records, include_shortened=args.include_shortened)
         if args.out and args.format == "html":  # the page, and its plots as PNG files beside it
             out = Path(args.out)
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sys.stdout.write(text)
     except DDBenchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
 from ddbench.cli.app import hydra_main, invoked_command
+from ddbench.utils import DDBenchError
 
 
 def run(cfg: dict[str, Any]) -> float:
     from ddbench import pipeline
+    from ddbench.checks import check_config
     from ddbench.logger import open_logger
 
+    check_config(cfg, "run")
     pipeline.check_method(cfg)
     device = pipeline.pick_device(cfg)
     splits = pipeline.load_splits(cfg, device)
@@ -20,15 +25,30 @@ def run(cfg: dict[str, Any]) -> float:
         artifact, seconds = pipeline.distill(cfg, splits, device)
         path = pipeline.save(artifact, cfg)
         print(f"artifact: {path} (distilled in {seconds:.1f} s)")
-        results = pipeline.evaluate(cfg, artifact, splits)
-        if cfg.get("write_records", True):
-            for record in pipeline.write_results(cfg, artifact, path, results, seconds, device, invoked_command()):
-                print(f"record: {record}")
+        with keep_artifact_on_failure(path, cfg):
+            results = pipeline.evaluate(cfg, artifact, splits)
+            if cfg.get("write_records", True):
+                for record in pipeline.write_results(cfg, artifact, path, results, seconds, device, invoked_command()):
+                    print(f"record: {record}")
         print(pipeline.summary_rows(cfg, artifact, results))
         logger.log({f"acc/{r.model}": r.mean for r in results} | {"distill_seconds": seconds})
     finally:
         logger.close()
     return results[0].mean
+
+
+@contextmanager
+def keep_artifact_on_failure(path: Path, cfg: dict[str, Any]) -> Iterator[None]:
+    """A failure after distilling keeps the saved artifact and says how to evaluate it later."""
+    hint = (f"the distilled artifact is kept at {path}; evaluate it later with "
+            f"`ddbench-eval artifact={path} paths.records={cfg['paths']['records']}`.")
+    try:
+        yield
+    except DDBenchError as err:
+        raise DDBenchError(f"{err} Nothing was lost: {hint}") from err
+    except BaseException:
+        print(f"note: {hint}", file=sys.stderr)
+        raise
 
 
 # Overrides that say what to run; without any of them ddbench-run runs the quickstart.

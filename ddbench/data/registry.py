@@ -26,6 +26,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] = field(default=())
+    train_min_per_class: int | None = None  # training images of the smallest class (None: known after loading)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -29,7 +29,8 @@ DIGITS_TEST_PER_CLASS = 36
 
 
 @register_dataset(
-    DatasetInfo("digits", 1, DIGITS_SIZE, 10, (0.3053,), (0.3174,), tuple(str(i) for i in range(10)))
+    DatasetInfo("digits", 1, DIGITS_SIZE, 10, (0.3053,), (0.3174,), tuple(str(i) for i in range(10)),
+                train_min_per_class=138)
 )
 def load_digits(root: Path, download: bool) -> RawSplits:
     """scikit-learn's bundled 8x8 digits (1797 images), bilinearly upsampled to 16x16.
@@ -94,7 +95,8 @@ def _torchvision_idx(cls_name: str, root: Path, download: bool) -> None:
             getattr(torchvision.datasets, cls_name)(str(root), train=train, download=True)
 
 
-@register_dataset(DatasetInfo("fashion_mnist", 1, 28, 10, (0.2861,), (0.3530,), FASHION_CLASSES))
+@register_dataset(DatasetInfo("fashion_mnist", 1, 28, 10, (0.2861,), (0.3530,), FASHION_CLASSES,
+                             train_min_per_class=6000))
 def load_fashion_mnist(root: Path, download: bool) -> RawSplits:
     """Fashion-MNIST from Debian's dataset-fashion-mnist, or torchvision's `<root>/FashionMNIST/raw/`."""
     folders = [root / "FashionMNIST" / "raw", root / "fashion-mnist", root, DEBIAN_FASHION_DIR]
@@ -108,7 +110,8 @@ def load_fashion_mnist(root: Path, download: bool) -> RawSplits:
     )
 
 
-@register_dataset(DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), tuple(str(i) for i in range(10))))
+@register_dataset(DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), tuple(str(i) for i in range(10)),
+                             train_min_per_class=5421))
 def load_mnist(root: Path, download: bool) -> RawSplits:
     folders = [root / "MNIST" / "raw", root / "mnist", root]
     if not any(_find_idx(folders, s) for s in IDX_FILES["train"]):
@@ -142,17 +145,20 @@ def _from_torchvision(cls_name: str, root: Path, download: bool, layout: str, sp
     return tuple(out)  # type: ignore[return-value]
 
 
-@register_dataset(DatasetInfo("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), CIFAR10_CLASSES))
+@register_dataset(DatasetInfo("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), CIFAR10_CLASSES,
+                             train_min_per_class=5000))
 def load_cifar10(root: Path, download: bool) -> RawSplits:
     return _from_torchvision("CIFAR10", root, download, "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch}")
 
 
-@register_dataset(DatasetInfo("cifar100", 3, 32, 100, (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)))
+@register_dataset(DatasetInfo("cifar100", 3, 32, 100, (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762),
+                             train_min_per_class=500))
 def load_cifar100(root: Path, download: bool) -> RawSplits:
     return _from_torchvision("CIFAR100", root, download, "<root>/cifar-100-python/{train,test,meta}")
 
 
-@register_dataset(DatasetInfo("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)))
+@register_dataset(DatasetInfo("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
+                             train_min_per_class=4659))
 def load_svhn(root: Path, download: bool) -> RawSplits:
     return _from_torchvision("SVHN", root, download, "<root>/{train,test}_32x32.mat", split_kw="split")
 
@@ -188,7 +194,7 @@ def _folder_splits(train_dir: Path, test_dirs: list[Path], image_size: int, clas
     return train_x, train_y, test_x, test_y
 
 
-@register_dataset(DatasetInfo("tinyimagenet", 3, 64, 200, IMAGENET_MEAN, IMAGENET_STD))
+@register_dataset(DatasetInfo("tinyimagenet", 3, 64, 200, IMAGENET_MEAN, IMAGENET_STD, train_min_per_class=500))
 def load_tiny_imagenet(root: Path, download: bool) -> RawSplits:
     """Tiny-ImageNet as ImageFolder: `<root>/tiny-imagenet-200/train/<wnid>/` and `val/<wnid>/` (val regrouped)."""
     base = root / "tiny-imagenet-200" if (root / "tiny-imagenet-200").is_dir() else root

@@ -8,6 +8,7 @@ seeds each give one cell with n=10.
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any, Iterable
 
@@ -121,7 +122,14 @@ def format_cell(mean: float, std: float, n_seeds: int) -> str:
 
 
 def _escape(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A table cell or heading: HTML and links escaped (a record can hold any text), pipes escaped."""
+    text = html.escape(str(text), quote=False).replace("](", "]\\(")
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _code(text: Any) -> str:
+    """Text inside a code span (which shows HTML literally): only a backtick could end it early."""
+    return "`" + str(text).replace("`", "'").replace("\n", " ") + "`"
 
 
 def _table(header: list[str], rows: list[list[str]], n_labels: int) -> str:
@@ -209,13 +217,27 @@ def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, in
     )
     for dataset, protocol in sections:
         section = frame[(frame["dataset"] == dataset) & (frame["protocol"] == protocol)]
-        parts.append(f"## {_escape(dataset)} · protocol `{_escape(protocol)}`")
+        parts.append(f"## {_escape(dataset)} · protocol {_code(protocol)}")
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
         parts.append(_main_table(section, na))
         parts.append(_cross_table(section))
     return "\n\n".join(parts) + "\n"
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formula(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (starting with = + - @ tab CR) gets a leading '."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def render_csv(frame: pd.DataFrame) -> str:
-    """The full frame as CSV (accuracies as fractions, full precision)."""
-    return frame.to_csv(index=False, lineterminator="\n")
+    """The full frame as CSV (accuracies as fractions, full precision); text cells can't start a formula."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
+            safe[column] = safe[column].map(neutralise_formula)
+    return safe.to_csv(index=False, lineterminator="\n")

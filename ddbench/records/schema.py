@@ -181,6 +181,12 @@ def _check_values(rec: dict[str, Any], problems: list[str]) -> None:
                     f"(tolerance {STAT_TOLERANCE:g}); recompute it, or build the record with make_record()",
                 )
 
+    scores = rec.get("scores")
+    if scores is not None:
+        for name, value in scores.items():
+            if value is not None and (not _is_number(value) or not math.isfinite(value)):
+                bad("scores", f"must map names to finite numbers (or null); {name!r} is {value!r:.80}")
+
     if "created" in rec:
         try:
             parse_time(rec["created"])

@@ -49,4 +49,4 @@ def train_embeddings(
         train(nets, splits.train.images, splits.train.labels, recipe, make_generator(seed, device))
         return {"features": embed_all(nets.models[0], splits.train.images)}
 
-    return cache.get_or_create("embeddings", key, build)["features"].to(device)
+    return cache.get_or_create("embeddings", key, build, required=("features",))["features"].to(device)

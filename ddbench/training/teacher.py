@@ -105,7 +105,7 @@ def load_teacher(cfg: TeacherConfig, splits: Splits, device: torch.device, cache
             tensors["train_accuracy"] = torch.tensor(acc)
             return tensors
 
-        tensors = cache.get_or_create("teachers", key, build)
+        tensors = cache.get_or_create("teachers", key, build, required=("train_accuracy",))
         state = {k[len(STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
         model = init_model(name, splits.info, teacher_init_seed(name, cfg.seed + index),
                            **cfg.model_kwargs.get(name, {})).to(device)

@@ -1,0 +1,147 @@
+"""Up-front checks of a run's config: everything that can be checked before data is loaded or work starts.
+
+Each check raises a DDBenchError naming the key, the bad value and a valid one. Method options are checked by
+the method's own options; the evaluation protocol by `EvalProtocol.from_dict`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ddbench.utils import DDBenchError, resolve_device
+
+STAGES = ("run", "distill", "eval", "experts")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(key: str, value: Any, minimum: int | None = None, optional: bool = False) -> None:
+    """`key` must be an int (>= minimum); None passes when optional."""
+    if optional and value is None:
+        return
+    bound = "" if minimum is None else f" >= {minimum}"
+    if not is_int(value) or (minimum is not None and value < minimum):
+        example = minimum if minimum is not None else 1
+        raise DDBenchError(f"{key} must be an int{bound}, got {value!r}; e.g. {key}={example}.")
+
+
+def check_bool(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise DDBenchError(f"{key} must be true or false, got {value!r}; e.g. {key}=true.")
+
+
+def check_config(cfg: dict[str, Any], stage: str) -> None:
+    """Everything about the run checkable without data: types, ranges, names, devices and writable folders."""
+    assert stage in STAGES, stage
+    check_int("seed", cfg.get("seed"), minimum=0)
+    for key in ("smoke", "progress", "write_records", "debug"):
+        if key in cfg:
+            check_bool(key, cfg[key])
+    resolve_device(cfg.get("device", "auto"))
+    info = check_dataset(cfg["dataset"])
+    check_model_name(cfg["model"].get("name"), "model.name")
+    if stage in ("run", "distill"):
+        check_ipc(cfg.get("ipc"), info, cfg["dataset"])
+    if stage in ("run", "eval"):
+        check_eval(cfg["eval"])
+    paths = cfg.get("paths") or {}
+    if paths.get("cache"):
+        check_writable(paths["cache"], "paths.cache")
+    else:
+        from ddbench.cache import default_cache_root
+
+        check_writable(default_cache_root(), "paths.cache")
+    if stage in ("run", "eval") and cfg.get("write_records", True):
+        check_writable(paths.get("records") or "leaderboard/records", "paths.records")
+
+
+def check_dataset(data: dict[str, Any]) -> Any:
+    """The dataset's DatasetInfo (None for imagefolder, known only after reading the folder); options checked."""
+    from ddbench.data.registry import dataset_info
+
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise DDBenchError(f"dataset.name must be a dataset name, got {name!r}; e.g. dataset=digits.")
+    for key in ("max_train_per_class", "max_test_per_class", "image_size"):
+        check_int(f"dataset.{key}", data.get(key), minimum=1, optional=True)
+    for key in ("zca", "download"):
+        if key in data:
+            check_bool(f"dataset.{key}", data[key])
+    eps = data.get("zca_eps", 0.1)
+    if not _is_number(eps) or not eps > 0:
+        raise DDBenchError(f"dataset.zca_eps must be a number > 0, got {eps!r}; e.g. dataset.zca_eps=0.1.")
+    return None if name == "imagefolder" else dataset_info(name)
+
+
+def check_ipc(ipc: Any, info: Any, data: dict[str, Any]) -> None:
+    """ipc: an int >= 1 and at most the smallest class of the (possibly truncated) train split, when known."""
+    check_int("ipc", ipc, minimum=1)
+    bounds = []
+    if info is not None and info.train_min_per_class:
+        bounds.append((info.train_min_per_class, f"the smallest class of {info.name} has {info.train_min_per_class} "
+                                                 "training images"))
+    if data.get("max_train_per_class"):
+        limit = data["max_train_per_class"]
+        bounds.append((limit, f"dataset.max_train_per_class={limit} (smoke=true sets 50)"))
+    for bound, why in bounds:
+        if ipc > bound:
+            raise DDBenchError(f"ipc={ipc} is more images per class than the data has: {why}; use ipc <= {bound}.")
+
+
+def check_ipc_fits(ipc: int, counts: list[int], dataset: str) -> None:
+    """After loading: ipc against the real per-class counts (for datasets whose sizes are not known before)."""
+    smallest = min(counts)
+    if ipc > smallest:
+        cls = counts.index(smallest)
+        raise DDBenchError(f"ipc={ipc} is more images per class than the data has: class {cls} of {dataset} has "
+                           f"{smallest} training images; use ipc <= {smallest}.")
+
+
+def check_model_name(name: Any, key: str) -> None:
+    from ddbench.models import list_models
+
+    if isinstance(name, str) and name.lower().startswith("timm:") and len(name) > 5:
+        return
+    if not isinstance(name, str) or name.lower() not in list_models():
+        raise DDBenchError(f"unknown {key} {name!r}; valid names: {', '.join(list_models())}, or timm:<name>.")
+
+
+def check_eval(eval_cfg: dict[str, Any]) -> None:
+    """The protocol's options (EvalProtocol checks names, types and ranges) and its model names."""
+    from ddbench.evaluation import EvalProtocol
+
+    models = eval_cfg.get("models")
+    if not isinstance(models, list) or not models:
+        raise DDBenchError(f"eval.models must be a non-empty list of model names, got {models!r}; "
+                           "e.g. eval.models=[convnet].")
+    for name in models:
+        check_model_name(name, "eval.models entry")
+    protocol = EvalProtocol.from_dict(eval_cfg)
+    for name in protocol.teacher.models:
+        check_model_name(name, "eval.teacher.models entry")
+
+
+def check_writable(path: str | Path, key: str) -> None:
+    """`path` is (or can be created as) a folder this process can write into; probed with a temporary file."""
+    target = Path(path).expanduser()
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise DDBenchError(f"{key}={path} cannot be a folder: {probe} is a file; point {key} at a folder.")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".ddbench-write-check-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise DDBenchError(f"{key}={path} is not writable ({err.strerror or type(err).__name__} in {probe}); "
+                           f"point {key} at a folder you can write to.") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
