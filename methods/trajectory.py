@@ -69,7 +69,7 @@ class TrajectoryOptions(MethodOptions):
     """The options of MTT/FTD/DATM (conf/method/mtt.yaml documents each); subclasses change defaults only."""
 
     experts: ExpertSpec = field(default_factory=ExpertSpec)
-    iterations: int = option(5000, low=0)
+    iterations: int = option(5000, low=1)
     syn_steps: int = option(20, low=1)
     expert_epochs: int = option(3, low=1)
     min_start_epoch: int = option(0, low=0)

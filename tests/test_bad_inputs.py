@@ -33,7 +33,6 @@ class Case:
     args: tuple[str, ...]  # "{tmp}" is the case's folder, "{file}" a plain file, "{fixture}" what `make` built
     expect: tuple[str, ...]  # each must appear in the error line (case-insensitive)
     make: Callable[[Path], Path] | None = None
-    known_gap: bool = False  # still accepted today (see GAP)
 
 
 # ----------------------------------------------------------------------------------------- input builders
@@ -177,9 +176,8 @@ def non_export_dir(tmp: Path) -> Path:
 def hydra_cases() -> list[Case]:
     cases = []
 
-    def add(id: str, *args: str, expect: tuple[str, ...], command: str = "ddbench-run", base=RUN, make=None,
-            known_gap: bool = False):
-        cases.append(Case(id, command, (*base, *args), expect, make, known_gap))
+    def add(id: str, *args: str, expect: tuple[str, ...], command: str = "ddbench-run", base=RUN, make=None):
+        cases.append(Case(id, command, (*base, *args), expect, make))
 
     # types and ranges of the run's own keys
     add("seed-text", "seed=abc", expect=("seed", "'abc'"))
@@ -261,7 +259,7 @@ def hydra_cases() -> list[Case]:
     # method options that exist today
     add("dm-iterations-zero", "method.iterations=0", expect=("iterations", "0"), base=DM)
     add("mtt-iterations-zero", "method.iterations=0", expect=("iterations", "0"),
-        base=("method=mtt", "dataset=digits", "smoke=true"), known_gap=True)
+        base=("method=mtt", "dataset=digits", "smoke=true"))
 
     # ddbench-distill
     for id, arg, expect in (("ipc-text", "ipc=abc", ("ipc", "abc")), ("seed-text", "seed=abc", ("seed",)),
@@ -433,12 +431,7 @@ def test_the_table_holds_at_least_100_distinct_bad_inputs():
     assert len({c.id for c in CASES}) == len(CASES)
 
 
-# MTT/FTD options accept iterations=0 (it returns the initial set, which tests use); the CLI should refuse it.
-GAP = pytest.mark.xfail(strict=True, reason="trajectory methods' options allow iterations=0")
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=GAP) if c.known_gap else c for c in CASES],
-                         ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_ends_in_one_clear_line(case: Case, tmp_path, monkeypatch, capsys):
     code, out, err, run_dir = run_case(case, tmp_path, monkeypatch, capsys)
     shown = f"$ {case.command} {' '.join(case.args)}\nexit {code}\n--- stdout\n{out[-2000:]}\n--- stderr\n{err[-2000:]}"
