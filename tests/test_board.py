@@ -24,6 +24,8 @@ from ddbench.board import (
     run_board,
 )
 from ddbench.cli.board import main as board_main
+from ddbench.evaluation import EvalProtocol
+from ddbench.pipeline import check_method, resolved_config
 from ddbench.methods import list_methods
 from ddbench.records import make_record, read_records, write_record
 from ddbench.utils import DDBenchError
@@ -172,6 +174,10 @@ def test_every_shipped_board_composes(tmp_path):
                 assert cell.method in methods, f"board {name}: unknown method {cell.method}"
                 cfg = compose("config", overrides=[*cell.args, f"board.cell={cell.id}"])
                 assert cfg.method.name == cell.method and cfg.ipc == cell.ipc and cfg.eval.name == cell.protocol
+                cfg.paths.output = str(tmp_path)  # set by Hydra at run time
+                plain = resolved_config(cfg, overrides=list(cell.args))
+                check_method(plain)  # every method option of the cell exists and is valid
+                EvalProtocol.from_dict(plain["eval"])
 
 
 def test_rendered_leaderboard_marks_not_applicable_cells_and_keeps_shortened_runs_off(tmp_path):
