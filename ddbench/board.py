@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -218,11 +219,14 @@ def last_error(text: str) -> str:
 
 
 def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: Iterable[str] = (),
-             timeout: float | None = None, log_dir: Path | None = None) -> CellOutcome:
-    """Run one cell as its own ddbench-run process; its output goes to `log_dir/<cell>.log`."""
+             timeout: float | None = None, log_dir: Path | None = None, threads: int | None = None) -> CellOutcome:
+    """Run one cell as its own ddbench-run process (with `threads` CPU threads when given); its output goes to
+    `log_dir/<cell>.log`."""
     argv = run_command() + cell.command(records, output_root, extra)
     start = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
         output, code = proc.stdout + proc.stderr, proc.returncode
@@ -262,9 +266,12 @@ def run_board(
     log_dir: Path | None = None,
     echo: Callable[[str], None] = print,
     runner: Callable[..., CellOutcome] = run_cell,
+    jobs: int = 1,
 ) -> list[CellOutcome]:
     """Run the board's missing cells in order (all with rerun=True); print progress and an ETA.
 
+    jobs: cells run at once, each with cpu_count // jobs threads (on a CPU, small cells finish sooner side by
+    side than one after another with all threads each).
     max_minutes: start no cell once the elapsed time plus the expected time of that cell would pass it (the
     expected time of a cell is the mean time of the cells already run by this call, or of this method's), and stop
     a cell still running when the budget ends (its cached experts, teachers and checkpoints let it resume).
@@ -277,34 +284,52 @@ def run_board(
     outcomes = [CellOutcome(c, "skipped") for c in todo if c not in pending]
     if outcomes:
         echo(f"board {board.name}: {len(outcomes)} of {len(todo)} cells already have records (use --rerun to redo them)")
-    echo(f"board {board.name}: {len(pending)} cell(s) to run")
+    echo(f"board {board.name}: {len(pending)} cell(s) to run" + (f", {jobs} at a time" if jobs > 1 else ""))
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     began = time.perf_counter()
     took: dict[str, list[float]] = {}
-    for index, cell in enumerate(pending):
-        elapsed = time.perf_counter() - began
+
+    def expected(cell: Cell) -> float:
+        if cell.method in took:
+            return sum(took[cell.method]) / len(took[cell.method])
         all_times = [t for ts in took.values() for t in ts]
-        expected = (sum(took[cell.method]) / len(took[cell.method]) if cell.method in took
-                    else (sum(all_times) / len(all_times) if all_times else 0.0))
-        if max_minutes is not None and index > 0 and elapsed + expected > 60 * max_minutes:
-            echo(f"board {board.name}: stopping after {format_seconds(elapsed)} (budget {max_minutes:g} min); "
-                 f"{len(pending) - index} cell(s) left; run the same command again to go on")
-            break
-        echo(f"[{index + 1}/{len(pending)}] {cell.label} ...")
-        timeout = board.cell_timeout
-        if max_minutes is not None:  # a cell still running at the budget's end is stopped (it resumes next time)
-            left_s = max(1.0, 60 * max_minutes - elapsed)
-            timeout = left_s if timeout is None else min(timeout, left_s)
-        outcome = runner(cell, records, output_root, extra, timeout=timeout, log_dir=log_dir)
-        outcomes.append(outcome)
-        if outcome.status == "done":
-            took.setdefault(cell.method, []).append(outcome.seconds)
-        all_times = [t for ts in took.values() for t in ts]
-        left = pending[index + 1 :]
-        mean = sum(all_times) / len(all_times) if all_times else outcome.seconds
-        eta = sum(sum(took[c.method]) / len(took[c.method]) if c.method in took else mean for c in left)
-        state = "done" if outcome.status == "done" else f"FAILED: {outcome.error}"
-        echo(f"[{index + 1}/{len(pending)}] {cell.label}: {state} in {format_seconds(outcome.seconds)}; "
-             f"ETA {format_seconds(eta)} for {len(left)} more")
+        return sum(all_times) / len(all_times) if all_times else 0.0
+
+    queue = list(enumerate(pending, start=1))
+    running: dict[Future, tuple[int, Cell]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while queue or running:
+            while queue and len(running) < max(1, jobs):
+                number, cell = queue[0]
+                elapsed = time.perf_counter() - began
+                if max_minutes is not None and (running or number > 1) and elapsed + expected(cell) > 60 * max_minutes:
+                    echo(f"board {board.name}: no new cell after {format_seconds(elapsed)} (budget {max_minutes:g} "
+                         f"min); {len(queue)} cell(s) left; run the same command again to go on")
+                    queue.clear()
+                    break
+                queue.pop(0)
+                timeout = board.cell_timeout
+                if max_minutes is not None:  # a cell still running at the budget's end is stopped (it resumes)
+                    left_s = max(1.0, 60 * max_minutes - elapsed)
+                    timeout = left_s if timeout is None else min(timeout, left_s)
+                echo(f"[{number}/{len(pending)}] {cell.label} ...")
+                future = pool.submit(runner, cell, records, output_root, extra, timeout=timeout, log_dir=log_dir,
+                                     threads=threads)
+                running[future] = (number, cell)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                number, cell = running.pop(future)
+                outcome = future.result()
+                outcomes.append(outcome)
+                if outcome.status == "done":
+                    took.setdefault(cell.method, []).append(outcome.seconds)
+                left = [c for _, c in queue] + [c for _, c in running.values()]
+                eta = sum(expected(c) or outcome.seconds for c in left) / max(1, jobs)
+                state = "done" if outcome.status == "done" else f"FAILED: {outcome.error}"
+                echo(f"[{number}/{len(pending)}] {cell.label}: {state} in {format_seconds(outcome.seconds)}; "
+                     f"ETA {format_seconds(eta)} for {len(left)} more")
     return outcomes
 
 

@@ -24,6 +24,8 @@ from ddbench.board import (
     run_board,
 )
 from ddbench.cli.board import main as board_main
+from ddbench.evaluation import EvalProtocol
+from ddbench.pipeline import check_method, resolved_config
 from ddbench.methods import list_methods
 from ddbench.records import make_record, read_records, write_record
 from ddbench.utils import DDBenchError
@@ -99,7 +101,7 @@ def test_run_board_skips_finished_cells_lists_failures_and_reports_eta():
     records = [fake_record(todo[0].id)]
     ran, lines = [], []
 
-    def runner(cell, records_dir, output_root, extra, timeout=None, log_dir=None):
+    def runner(cell, records_dir, output_root, extra, timeout=None, log_dir=None, **kwargs):
         ran.append(cell.label)
         if cell.label == "dm ipc10 kd":
             return CellOutcome(cell, "failed", 1.0, "error: boom")
@@ -158,7 +160,7 @@ def test_max_minutes_stops_before_a_cell_that_would_not_fit():
     finally:
         board_module.time.perf_counter = real
     assert [o.status for o in outcomes] == ["done", "done"]  # 40 s + 40 s; a third would end at 120 s > 90 s
-    assert any("stopping after" in line and "2 cell(s) left" in line for line in lines)
+    assert any("no new cell after" in line and "2 cell(s) left" in line for line in lines)
 
 
 def test_every_shipped_board_composes(tmp_path):
@@ -172,6 +174,10 @@ def test_every_shipped_board_composes(tmp_path):
                 assert cell.method in methods, f"board {name}: unknown method {cell.method}"
                 cfg = compose("config", overrides=[*cell.args, f"board.cell={cell.id}"])
                 assert cfg.method.name == cell.method and cfg.ipc == cell.ipc and cfg.eval.name == cell.protocol
+                cfg.paths.output = str(tmp_path)  # set by Hydra at run time
+                plain = resolved_config(cfg, overrides=list(cell.args))
+                check_method(plain)  # every method option of the cell exists and is valid
+                EvalProtocol.from_dict(plain["eval"])
 
 
 def test_rendered_leaderboard_marks_not_applicable_cells_and_keeps_shortened_runs_off(tmp_path):
@@ -262,3 +268,22 @@ def test_the_time_budget_bounds_the_running_cell():
     run_board(board, "/x", read=lambda: [], runner=runner, echo=lambda s: None,
               only=lambda c: c.label == "random ipc1 dc")
     assert timeouts[1] == 1000.0
+
+
+def test_jobs_run_cells_side_by_side_with_their_share_of_threads():
+    import threading
+
+    board = small_board()
+    seen, lock, both = [], threading.Lock(), threading.Barrier(2, timeout=10)
+
+    def runner(cell, *args, threads=None, **kwargs):
+        with lock:
+            seen.append((cell.label, threads))
+        if cell.label in ("random ipc1 dc", "random ipc10 dc"):
+            both.wait()  # the first two cells must run at the same time
+        return CellOutcome(cell, "done", 1.0)
+
+    outcomes = run_board(board, "/x", read=lambda: [], runner=runner, echo=lambda s: None, jobs=2)
+    assert sorted(o.cell.label for o in outcomes) == sorted(c.label for c in cells(board)[0])
+    assert all(o.status == "done" for o in outcomes)
+    assert {t for _, t in seen} == {max(1, (os.cpu_count() or 1) // 2)}

@@ -1,6 +1,6 @@
 """`ddbench-board`: run every cell of a named board, skipping cells that already have records, then render.
 
-    ddbench-board NAME [--records DIR] [--out-dir DIR] [--rerun] [--max-minutes M] [--only KEY=V[,V]] [--list]
+    ddbench-board NAME [--records DIR] [--out-dir DIR] [--rerun] [--max-minutes M] [--only KEY=V[,V]] [--jobs N] [--list]
                        [--set OVERRIDE ...]
 
 NAME is a board of conf/board/ (e.g. `digits`, `fashion_mnist`) or the path of a board YAML file. Each cell runs as
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE", dest="extra",
                         help="an override for every cell that does not change what it computes, e.g. device=cuda "
                              "or paths.cache=DIR")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="cells run at once, each with cores/N threads (default 1)")
     parser.add_argument("--list", action="store_true", help="print the cells and their state, run nothing")
     parser.add_argument("--no-render", action="store_true", help="do not render the leaderboard at the end")
     return parser
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         for override in args.extra:
             if "=" not in override:
                 raise DDBenchError(f"--set {override!r}: write an override as KEY=VALUE, e.g. --set device=cuda.")
+        if args.jobs < 1:
+            raise DDBenchError(f"--jobs must be >= 1, got {args.jobs}.")
         records.mkdir(parents=True, exist_ok=True)
 
         def read() -> list[dict]:
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
         outcomes = run_board(board, records, read=read, output_root=args.outputs, rerun=args.rerun,
                              max_minutes=args.max_minutes, only=only, extra=args.extra,
-                             log_dir=Path(args.outputs) / board.name / "logs")
+                             log_dir=Path(args.outputs) / board.name / "logs", jobs=args.jobs)
         ran = [o for o in outcomes if o.status != "skipped"]
         failed = [o for o in outcomes if o.status == "failed"]
         print(f"board {board.name}: {sum(o.status == 'done' for o in ran)} cell(s) run in "
