@@ -163,3 +163,11 @@ def test_factorized_artifact_is_checked_against_its_rule(tmp_path, infer_result)
     artifact.meta = dict(artifact.meta, decode=dict(artifact.meta["decode"], kind="zip"))
     with pytest.raises(DDBenchError, match="decode kind 'zip' is unknown"):
         save_artifact(artifact, tmp_path / "bad")
+
+
+def test_exports_show_the_decoded_training_set(tmp_path, infer_result):
+    from ddbench.artifact.exporters import export_imagefolder
+
+    folder = export_imagefolder(infer_artifact(infer_result), tmp_path / "folder")
+    counts = sorted(len(list(d.iterdir())) for d in folder.iterdir())
+    assert counts == [6] * 10  # 2 real + 2 x 2 real + UFC images per class
