@@ -173,3 +173,33 @@ def test_exports_show_the_decoded_training_set(tmp_path, infer_result):
     assert sum(counts.values()) == 60  # 2 real + 2 x 2 real + UFC images per class, under their argmax class
     expected = torch.bincount(infer_result.labels.argmax(1), minlength=10).tolist()
     assert [counts.get(c, 0) for c in range(10)] == expected
+
+
+# ------------------------------------------------------------------------------------- shared teachers
+
+
+@pytest.mark.parametrize("method, protocol", [("cda", "cda"), ("infer", "infer"), ("infer", "infer_dyn")])
+def test_method_and_protocol_defaults_train_the_same_cifar_teachers(method, protocol):
+    """At 32 px the method's default teacher block and the protocol's teacher are one recipe (one cache entry)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from ddbench.data import dataset_info
+    from ddbench.evaluation import EvalProtocol
+
+    with initialize_config_module(config_module="ddbench.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"method={method}", f"eval={protocol}", "dataset=cifar10",
+                                                       "paths.output=/tmp/ddbench-compose-test"])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    ours = teacher_config(plain["method"]["teacher"], dataset_info("cifar10"), ensemble=method == "infer")
+    theirs = EvalProtocol.from_dict(plain["eval"]).teacher
+    assert ours == theirs
+    assert ours.models[0] == "resnet18_cifar" and len(ours.models) == (1 if method == "cda" else 4)
+
+
+def test_auto_teachers_follow_the_image_size(digits_small):
+    from ddbench.data import dataset_info
+
+    assert teacher_config({}, digits_small.info).models == ["convnet_bn"]
+    assert teacher_config({"models": "auto"}, dataset_info("cifar100")).models == ["resnet18_cifar"]
+    assert len(teacher_config(None, digits_small.info, ensemble=True).models) == 3
