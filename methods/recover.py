@@ -56,7 +56,7 @@ class BNStatLoss:
             a = inputs[0].float()
             a = a.reshape(self.groups, a.shape[0] // self.groups, a.shape[1], -1)  # [G,B,C,HW]
             mean = a.mean(dim=(1, 3))  # [G,C]
-            var = a.transpose(1, 2).flatten(2).var(dim=2, unbiased=False)  # [G,C]
+            var = (a - mean[:, None, :, None]).pow(2).mean(dim=(1, 3))  # [G,C] biased
             term = (var - module.running_var).norm(dim=1) + (mean - module.running_mean).norm(dim=1)
             self.terms.append(self.weights[index] * term)
 
