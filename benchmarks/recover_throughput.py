@@ -25,7 +25,8 @@ from ddbench.utils import make_generator, resolve_device
 def run(x: torch.Tensor, labels: torch.Tensor, teacher, bn, steps: int, device: torch.device) -> float:
     """Seconds for `steps` recover iterations on x [G,B,C,H,W] (optimised in place)."""
     augment = RecoverAugment(crop="cosine")
-    bounds = (torch.full((1, x.shape[2], 1, 1), -3.0, device=device), torch.full((1, x.shape[2], 1, 1), 3.0, device=device))
+    low = torch.full((1, x.shape[2], 1, 1), -3.0, device=device)
+    bounds = (low, -low)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -58,9 +59,11 @@ def main() -> None:
     labels = torch.arange(args.classes, device=device).expand(args.groups, -1)
     run(x[:1].clone(), labels[:1], teacher, bn, 1, device)  # warm-up
     batched = run(x.clone(), labels, teacher, bn, args.steps, device)
-    loop = sum(run(x[g : g + 1].clone(), labels[g : g + 1], teacher, bn, args.steps, device) for g in range(args.groups))
+    loop = sum(run(x[g : g + 1].clone(), labels[g : g + 1], teacher, bn, args.steps, device)
+               for g in range(args.groups))
     work = args.groups * args.classes * args.steps
-    print(f"recover {args.model} {args.size}px on {device}: {args.groups} groups x {args.classes} images, {args.steps} steps")
+    print(f"recover {args.model} {args.size}px on {device}: {args.groups} groups x {args.classes} images, "
+          f"{args.steps} steps")
     print(f"  batched:    {work / batched:10.1f} images x iterations / s")
     print(f"  per group:  {work / loop:10.1f} images x iterations / s")
     print(f"  speed-up:   {loop / batched:10.2f} x")

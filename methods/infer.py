@@ -32,7 +32,8 @@ def real_groups(ipc: int, num_classes: int, num_teachers: int) -> int:
     groups = ipc * num_classes // (num_classes + num_teachers)
     if groups < 1:
         smallest = -(-(num_classes + num_teachers) // num_classes)
-        raise DDBenchError(f"INFER with {num_teachers} teachers and {num_classes} classes leaves no real image at ipc={ipc} "
+        raise DDBenchError(f"INFER with {num_teachers} teachers and {num_classes} classes leaves no real image at "
+                           f"ipc={ipc} "
                            f"(ipc_init = floor(ipc / (1 + {num_teachers}/{num_classes})) = 0); the smallest valid ipc "
                            f"is {smallest}.")
     return groups

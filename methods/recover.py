@@ -252,7 +252,8 @@ class RecoverAugment:
 # ------------------------------------------------------------------------------------------- the loop
 
 
-def pixel_bounds(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_bounds(mean: tuple[float, ...], std: tuple[float, ...],
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel valid range of normalised pixels, [−m/s, (1−m)/s], each [1,C,1,1]."""
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)

@@ -19,7 +19,9 @@ from ddbench.utils import DDBenchError
 def auto_models(info: DatasetInfo, ensemble: bool) -> list[str]:
     """The default teacher architectures for `info`'s image size (one for CDA, an ensemble for INFER)."""
     if info.image_size >= 32:
-        return ["resnet18_cifar", "mobilenetv2_cifar", "timm:efficientnet_b0", "vgg11_bn"] if ensemble else ["resnet18_cifar"]
+        if not ensemble:
+            return ["resnet18_cifar"]
+        return ["resnet18_cifar", "mobilenetv2_cifar", "timm:efficientnet_b0", "vgg11_bn"]
     return ["convnet_bn", "mobilenetv2_cifar", "vgg11_bn"] if ensemble else ["convnet_bn"]
 
 

@@ -18,7 +18,8 @@ from ddbench.utils import DDBenchError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CPU = torch.device("cpu")
-TEACHER = {"epochs": 8, "lr": 0.05, "batch_size": 32, "models": ["convnet_bn"], "model_kwargs": {"convnet_bn": {"width": 16}}}
+TEACHER = {"epochs": 8, "lr": 0.05, "batch_size": 32, "models": ["convnet_bn"],
+           "model_kwargs": {"convnet_bn": {"width": 16}}}
 ENSEMBLE = {"epochs": 1, "batch_size": 64, "models": ["convnet_bn", "vgg11_bn"],
             "model_kwargs": {"convnet_bn": {"width": 16}, "vgg11_bn": {"cfg": [8, "M", 16, "M"]}}}
 
@@ -137,7 +138,8 @@ def test_factorized_artifact_round_trips_with_its_decode_rule(tmp_path, infer_re
     artifact = infer_artifact(infer_result)
     path = save_artifact(artifact, tmp_path / "art")
     meta = json.loads((path / "meta.json").read_text())
-    assert meta["decode"]["kind"] == "real_plus_ufc" and meta["stored_bytes"] == (path / "tensors.safetensors").stat().st_size
+    assert meta["decode"]["kind"] == "real_plus_ufc"
+    assert meta["stored_bytes"] == (path / "tensors.safetensors").stat().st_size
     # stored: 20 real + 4 UFC images (+ the 60 label rows), not the 60 materialised images
     assert meta["stored_bytes"] < 4 * (24 * 256 + 60 * 10) + 4096
     loaded = load_artifact(path)

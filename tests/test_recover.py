@@ -45,7 +45,8 @@ def small_teacher() -> nn.Module:
 
 def test_bn_loss_matches_a_hand_computation():
     torch.manual_seed(0)
-    conv1, bn1, conv2, bn2 = nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    conv1, bn1 = nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3)
+    conv2, bn2 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
     model = with_running_stats(nn.Sequential(conv1, bn1, nn.ReLU(), conv2, bn2))
     x = torch.randn(2 * 5, 1, 6, 6)  # two groups of five images
     bn = BNStatLoss(model, first_multiplier=10.0)

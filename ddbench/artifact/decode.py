@@ -54,7 +54,8 @@ def check_rule(rule: Any, images: Tensor, extras: dict[str, Tensor], num_classes
         raise DDBenchError(f"the artifact stores {stored} images (real + UFC), more than the budget ipc={ipc} x "
                            f"{num_classes} classes = {ipc * num_classes}.")
     clamp = rule.get("clamp")
-    if clamp is not None and (len(clamp.get("low", [])) != images.shape[1] or len(clamp.get("high", [])) != images.shape[1]):
+    channels = images.shape[1]
+    if clamp is not None and (len(clamp.get("low", [])) != channels or len(clamp.get("high", [])) != channels):
         raise DDBenchError("artifact decode clamp must give one low and one high value per channel.")
     return images.shape[0] * (ufc.shape[1] + 1)
 
