@@ -197,6 +197,8 @@ def test_method_and_protocol_defaults_train_the_same_cifar_teachers(method, prot
     theirs = EvalProtocol.from_dict(plain["eval"]).teacher
     assert ours == theirs
     assert ours.models[0] == "resnet18_cifar" and len(ours.models) == (1 if method == "cda" else 4)
+    if protocol == "infer_dyn":  # epochs ÷ (M + 1) of the static protocol's 400
+        assert plain["eval"]["epochs"] == 400 // (len(ours.models) + 1) and plain["eval"]["label_source"] == "teacher"
 
 
 def test_auto_teachers_follow_the_image_size(digits_small):
