@@ -7,7 +7,7 @@
 Both paths run the same objective (CE + r_bn·per-group BN-statistics loss, per-group crop/flip/roll, Adam,
 clamp) on a teacher with random weights and running statistics (the cost does not depend on its training).
 The loop is the reference's structure: one optimiser and one forward of C images per group. Prints
-images × iterations per second for both and their ratio.
+images × iterations per second for both and their ratio (and THROUGHPUT lines for benchmarks/run_all.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import argparse
 import time
 
 import torch
+
+from report import emit
 
 from ddbench.methods.recover import BNStatLoss, RecoverAugment, optimise
 from ddbench.models import create_model
@@ -67,6 +69,10 @@ def main() -> None:
     print(f"  batched:    {work / batched:10.1f} images x iterations / s")
     print(f"  per group:  {work / loop:10.1f} images x iterations / s")
     print(f"  speed-up:   {loop / batched:10.2f} x")
+    what = f"{args.model} {args.size}px, IPC {args.groups} x {args.classes} classes"
+    emit("recover (CDA/INFER)", f"batched, {what}", work / batched, "images x it / s", device)
+    emit("recover (CDA/INFER)", f"one group at a time, {what}", work / loop, "images x it / s", device)
+    emit("recover (CDA/INFER)", "batched / loop", loop / batched, "x", device, "10x on a GPU at IPC 50")
 
 
 if __name__ == "__main__":
