@@ -12,67 +12,80 @@ SRe2L: crop=fixed (scale (0.08, 1)) or crop=none (roll jitter only, its CIFAR se
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
 
 from ddbench.methods.base import DistillResult, Method, register_method
-from ddbench.methods.recover import BNStatLoss, RecoverAugment, optimise, pixel_bounds
-from ddbench.methods.teachers import teacher_config
+from ddbench.methods.options import option
+from ddbench.methods.recover import (CROP_MODES, BNStatLoss, RecoverAugment, RecoverOptions, optimise,
+                                     pixel_bounds)
 from ddbench.training import load_teacher
 from ddbench.utils import DDBenchError
 
 STORAGE_NOTE = "float32 tensors in the normalised space (no uint8/JPEG round-trip, unlike the reference)"
 
 
-def augment_options(method: Method) -> RecoverAugment:
-    return RecoverAugment(
-        crop=str(method.option("crop", "cosine")), milestone=float(method.option("milestone", 1.0)),
-        min_scale=float(method.option("min_scale", 0.08)), flip=bool(method.option("flip", True)),
-        jitter=int(method.option("jitter", 4)), symmetric_jitter=bool(method.option("symmetric_jitter", False)),
-    )
+@dataclass
+class CDAOptions(RecoverOptions):
+    """CDA's CIFAR settings (conf/method/cda.yaml)."""
+
+    crop: str = option("cosine", choices=CROP_MODES)
+    milestone: float = option(1.0, positive=True)
+    min_scale: float = option(0.08, positive=True)
+    flip: bool = True
+    class_batch: int = option(100, low=1)
+    groups_per_step: int | None = option(None, low=1)
+
+    def check(self, method: str) -> None:
+        if self.min_scale > 1:
+            raise DDBenchError(f"{method}: method.min_scale must be in (0, 1], got {self.min_scale}.")
 
 
 def chunks(total: int, size: int | None) -> list[slice]:
+    """Slices of at most `size` groups (None: one slice of all)."""
     size = total if not size else int(size)
-    if size < 1:
-        raise DDBenchError(f"method.groups_per_step must be >= 1 or null (all groups at once), got {size}.")
     return [slice(i, min(i + size, total)) for i in range(0, total, size)]
 
 
 @register_method("cda")
 class CDA(Method):
+    Options = CDAOptions
+    opts: CDAOptions
+
     def distill(self) -> DistillResult:
-        info = self.info
+        o, info = self.opts, self.info
         k = info.num_classes
-        batch = min(int(self.option("class_batch", 100)), k)
-        if batch < 1 or k % batch:
+        batch = min(o.class_batch, k)
+        if k % batch:
             raise DDBenchError(f"method.class_batch={batch} must divide the {k} classes (e.g. {k} or 100 for 200 "
                                "classes); each group optimises one image of `class_batch` classes.")
-        iterations = int(self.option("iterations", 1000))
-        if iterations < 0:
-            raise DDBenchError(f"method.iterations must be >= 0, got {iterations}.")
-        augment = augment_options(self)
-        cfg = teacher_config(self.option("teacher"), info)
-        teacher = load_teacher(cfg, self.splits, self.device, self.cache, bool(self.option("progress", False)))
+        augment = RecoverAugment(crop=o.crop, milestone=o.milestone, min_scale=o.min_scale, flip=o.flip,
+                                 jitter=o.jitter, symmetric_jitter=o.symmetric_jitter)
+        cfg = o.teacher.resolve(info)
+        teacher = load_teacher(cfg, self.splits, self.device, self.cache, o.progress)
         model = teacher.members[0]
-        bn = BNStatLoss(model, float(self.option("first_bn_multiplier", 10.0)))
+        bn = BNStatLoss(model, o.first_bn_multiplier)
         groups = self.ipc * (k // batch)
         x = torch.randn((groups, batch, *info.shape), device=self.device, generator=self.generator)
         labels = torch.arange(k, device=self.device).view(1, k // batch, batch).expand(self.ipc, -1, -1)
         labels = labels.reshape(groups, batch)
         bounds = pixel_bounds(info.mean, info.std, self.device) if self.splits.zca is None else None
         losses = []
-        parts = chunks(groups, self.option("groups_per_step"))
-        bar = tqdm(total=iterations * len(parts), desc="cda recover", disable=not self.option("progress", False))
-        for part in parts:
-            xs = x[part].clone()
-            losses.append(optimise(
-                xs, lambda p: p, labels[part], model, bn, iterations=iterations,
-                lr=float(self.option("lr", 0.25)), r_bn=float(self.option("r_bn", 0.01)), augment=augment,
-                generator=self.generator, bounds=bounds, progress=lambda _: bar.update(1)))
-            x[part] = xs.detach()
-        bar.close()
-        bn.remove()
+        parts = chunks(groups, o.groups_per_step)
+        bar = tqdm(total=o.iterations * len(parts), desc="cda recover", disable=not o.progress)
+        try:
+            for part in parts:
+                xs = x[part].clone()
+                losses.append(optimise(
+                    xs, lambda p: p, labels[part], model, bn, iterations=o.iterations, lr=o.lr, r_bn=o.r_bn,
+                    augment=augment, generator=self.generator, bounds=bounds, progress=lambda _: bar.update(1),
+                    guard_every=o.guard_every))
+                x[part] = xs.detach()
+        finally:
+            bar.close()
+            bn.remove()
         images = x.view(self.ipc, k, *info.shape).transpose(0, 1).reshape(k * self.ipc, *info.shape)
         meta = {"storage": STORAGE_NOTE, "teacher": cfg.models, "final_loss": float(torch.cat(losses).mean())}
         return DistillResult(images, self.hard_labels(), meta=meta)

@@ -15,13 +15,17 @@ is the sum of the per-group objectives and every group's gradient equals the one
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddbench.methods.base import DistillDiverged
+from ddbench.methods.loopkit import DivergenceGuard
+from ddbench.methods.options import MethodOptions, option
+from ddbench.methods.teachers import TeacherOptions
 from ddbench.utils import DDBenchError
 
 CROP_MODES = ("cosine", "linear", "step", "fixed", "none")
@@ -252,6 +256,20 @@ class RecoverAugment:
 # ------------------------------------------------------------------------------------------- the loop
 
 
+@dataclass
+class RecoverOptions(MethodOptions):
+    """What CDA and INFER share: the recover loop's settings and the BatchNorm teacher block."""
+
+    iterations: int = option(1000, low=0)
+    lr: float = option(0.25, positive=True)
+    r_bn: float = option(0.01, low=0)
+    first_bn_multiplier: float = option(10.0, low=0)
+    jitter: int = option(4, low=0)
+    symmetric_jitter: bool = False
+    guard_every: int = option(100, low=1)  # steps between divergence checks (one host sync each)
+    teacher: TeacherOptions = field(default_factory=TeacherOptions)
+
+
 def pixel_bounds(mean: tuple[float, ...], std: tuple[float, ...],
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel valid range of normalised pixels, [−m/s, (1−m)/s], each [1,C,1,1]."""
@@ -279,6 +297,7 @@ def optimise(
     generator: torch.Generator,
     bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
     progress: Callable[[int], None] | None = None,
+    guard_every: int = 100,
 ) -> torch.Tensor:
     """Adam(lr, betas (0.5, 0.9)) with a cosine lr on the leaf `param` for `iterations` steps; returns the
     per-group loss [G] of the last step (zeros when iterations is 0).
@@ -286,10 +305,12 @@ def optimise(
     compose(param) → x [G,B,C,H,W] (CDA: the images themselves; INFER: real group + UFC); each step augments x
     with a fresh per-group draw, takes Σ_g [CE_g + r_bn·R_g] and, with `bounds`, clamps param into them in
     place. Adam is elementwise, so the groups are optimised exactly as if each had its own optimiser.
+    Every `guard_every` steps (one host sync) a non-finite loss or `param` raises DistillDiverged.
     """
     param.requires_grad_(True)
     optimizer = torch.optim.Adam([param], lr=lr, betas=(0.5, 0.9), eps=1e-8)
     last = torch.zeros(labels.shape[0], device=labels.device)
+    guard = DivergenceGuard({"param": param}, guard_every)
     for step in range(iterations):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(lr, step, iterations)
@@ -302,6 +323,10 @@ def optimise(
         if bounds is not None:
             with torch.no_grad():
                 param.copy_(torch.maximum(torch.minimum(param, bounds[1]), bounds[0]))
+        guard.update(step, {}, DivergenceGuard.finite(param, last))
+        if guard.due(step + 1, iterations) and (bad := guard.first_bad()) is not None:
+            raise DistillDiverged(f"the recover loss or the optimised images became NaN/inf at step {bad}; lower "
+                                  f"method.lr (now {lr}) or method.r_bn (now {r_bn}). No record is written.")
         if progress is not None:
             progress(step)
     param.requires_grad_(False)

@@ -57,8 +57,22 @@ def test_budget_error_names_the_smallest_valid_ipc(classes, teachers, smallest):
 def test_infer_checks_the_budget_before_training_teachers(digits_small, tmp_path):
     empty = Cache(tmp_path / "cache")
     with pytest.raises(DDBenchError, match="smallest valid ipc is 2"):
-        run("infer", digits_small, 1, empty, teacher=ENSEMBLE)
+        run("infer", digits_small, 1, empty, teacher=ENSEMBLE, small_ipc="error")
     assert not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_infer_below_the_budget_stores_real_images_with_ensemble_labels(digits_small, cache):
+    result = run("infer", digits_small, 1, cache, iterations=3, teacher=ENSEMBLE)  # small_ipc=real (default)
+    assert result.images.shape == (10, 1, 16, 16) and not result.extras and "decode" not in result.meta
+    assert "no UFC" in result.meta["variant"] and result.meta["stored_images"] == {"real": 10, "ufc": 0}
+    train = digits_small.train
+    for row, image in enumerate(result.images):  # ipc real training images per class, class-major
+        hits = (train.images == image).flatten(1).all(1).nonzero().flatten()
+        assert len(hits) and int(train.labels[hits[0]]) == row
+    teacher = load_teacher(teacher_config(ENSEMBLE, digits_small.info, ensemble=True), digits_small, CPU, cache)
+    torch.testing.assert_close(result.labels, teacher.logits(result.images))
+    hard = run("infer", digits_small, 1, cache, teacher=ENSEMBLE, labels="hard")
+    assert torch.equal(hard.labels, torch.arange(10)) and torch.equal(hard.images, result.images)
 
 
 # ---------------------------------------------------------------------------------------------- CDA
@@ -87,6 +101,8 @@ def test_cda_recovery_lowers_the_teacher_loss(digits_small, cache):
 
 
 def test_cda_options_are_checked(digits_small, cache):
+    with pytest.raises(DDBenchError, match="method.min_scale must be in"):
+        run("cda", digits_small, 1, cache, min_scale=1.5)
     with pytest.raises(DDBenchError, match="class_batch"):
         run("cda", digits_small, 1, cache, class_batch=3, teacher=TEACHER)
     with pytest.raises(DDBenchError, match="unknown method.teacher option"):

@@ -170,3 +170,15 @@ def test_bad_augment_options_are_refused():
     with pytest.raises(DDBenchError, match="jitter"):
         RecoverAugment(jitter=-1)
     assert isinstance(RecoverAugment().draw(2, 8, 8, 0, 4, torch.Generator()), AugmentDraw)
+
+
+def test_a_diverging_recover_loop_stops_with_a_clear_error():
+    from ddbench.methods.base import DistillDiverged
+
+    teacher = small_teacher()
+    bn = BNStatLoss(teacher)
+    x = torch.randn(2, 5, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    x[1, 0, 0, 0, 0] = float("nan")  # one bad pixel poisons the loss at the first step
+    with pytest.raises(DistillDiverged, match="NaN/inf at step 0; lower method.lr"):
+        optimise(x, lambda p: p, torch.zeros(2, 5, dtype=torch.long), teacher, bn, iterations=6, lr=0.1, r_bn=0.01,
+                 augment=RecoverAugment(crop="none", jitter=0), generator=torch.Generator(), guard_every=3)
