@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ddbench.data import DatasetInfo
+from ddbench.methods.options import reject_unknown
 from ddbench.training import TeacherConfig
 from ddbench.utils import DDBenchError
 
@@ -45,9 +46,7 @@ class TeacherOptions(TeacherConfig):
         if isinstance(cfg, TeacherOptions):
             return cfg
         cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(cls.valid_options()))
-        if unknown:
-            raise DDBenchError(f"unknown method.teacher option(s) {unknown}; valid options: {cls.valid_options()}.")
+        reject_unknown(cfg, cls.valid_options(), "method.teacher")
         models = cfg.get("models", "auto")
         if models is None:
             models = "auto"
