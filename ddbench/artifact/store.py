@@ -96,10 +96,12 @@ class Artifact:
         return decode(self.images, self.extras, self.meta["decode"]), self.labels
 
     def class_of(self) -> Tensor:
-        """Class index per image [N]: the class-major position for soft labels (image i is of class i // ipc,
-        whatever its learned logits say), the label itself for hard labels."""
+        """Class index per training image [N]: the class-major position for soft labels (image i is of class
+        i // (N / K), N / K = ipc unless a factorized set decodes to more, whatever its learned logits say), the
+        label itself for hard labels."""
         if self.label_type == "soft":
-            return torch.arange(self.num_classes, device=self.labels.device).repeat_interleave(self.ipc)
+            per_class = len(self.labels) // self.num_classes
+            return torch.arange(self.num_classes, device=self.labels.device).repeat_interleave(per_class)
         return self.labels
 
     def _check_meta_types(self) -> None:
