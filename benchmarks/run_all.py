@@ -30,7 +30,8 @@ STAGES: list[tuple[str, list[str], list[str]]] = [
     ("kd_throughput.py", ["--epochs", "2"], []),
     ("trajectory_throughput.py", [], []),
     ("dm_step.py", [], []),
-    ("recover_throughput.py", [], []),
+    ("recover_throughput.py", [], ["--model", "resnet18_cifar", "--size", "32", "--channels", "3", "--classes", "100",
+                                   "--groups", "50", "--steps", "20"]),
     ("datadam_dq_throughput.py", [], []),
 ]
 

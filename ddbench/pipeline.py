@@ -180,7 +180,8 @@ def evaluate(cfg: dict[str, Any], artifact: Artifact, splits: Splits) -> list[Ev
             "evaluate it with the dataset it was distilled from (dataset=...)."
         )
     protocol = EvalProtocol.from_dict(cfg["eval"])
-    return evaluate_synthetic(artifact.images, artifact.labels, splits, protocol, artifact.lr, progress=cfg.get("progress", False),
+    images, labels = artifact.training_set()  # a factorized artifact is materialised here
+    return evaluate_synthetic(images, labels, splits, protocol, artifact.lr, progress=cfg.get("progress", False),
                               cache=Cache(cfg["paths"]["cache"]), ipc=int(artifact.ipc))
 
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ddbench.augment import DSAParams
 from ddbench.cache import Cache
 from ddbench.data import Splits
+from ddbench.methods.options import reject_unknown
 from ddbench.training import FlatModel, FlatNetworks, TrainRecipe, data_fingerprint, init_model, train
 from ddbench.utils import DDBenchError, make_generator, stable_hash
 
@@ -69,9 +70,7 @@ class ExpertSpec(TrainRecipe):
         if isinstance(cfg, ExpertSpec):
             return cfg
         cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(cls.valid_options()))
-        if unknown:
-            raise DDBenchError(f"unknown experts option(s) {unknown}; valid options: {cls.valid_options()}.")
+        reject_unknown(cfg, cls.valid_options(), "experts")
         spec = cls(**cfg)
         spec.check_recipe("experts")
         if spec.optimizer not in OPTIMIZERS:

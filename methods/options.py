@@ -25,6 +25,13 @@ def option(default: Any = None, *, low: float | None = None, positive: bool = Fa
     return field(default=default, metadata=meta)
 
 
+def reject_unknown(cfg: dict[str, Any], valid: list[str], where: str) -> None:
+    """One DDBenchError naming the keys of `cfg` outside `valid` (and the valid ones) for the block `where`."""
+    unknown = sorted(set(cfg) - set(valid))
+    if unknown:
+        raise DDBenchError(f"unknown {where} option(s) {unknown}; valid options: {valid}.")
+
+
 def _nested(default: Any, value: Any) -> Any:
     """A config block for a nested dataclass option (e.g. `experts`): the method's default, updated by the block."""
     if not dataclasses.is_dataclass(default) or not hasattr(type(default), "from_dict"):
@@ -53,9 +60,7 @@ class MethodOptions:
         if isinstance(cfg, cls):
             return cfg
         cfg = dict(cfg or {})
-        unknown = sorted(set(cfg) - set(cls.valid_keys()))
-        if unknown:
-            raise DDBenchError(f"unknown {method} option(s) {unknown}; valid options: {cls.valid_keys()}.")
+        reject_unknown(cfg, cls.valid_keys(), method)
         values = {}
         for f in fields(cls):
             if f.name in cfg:

@@ -144,6 +144,12 @@ def check_infer(result, proto, recipe, ev, artifact):
     assert (recipe.temperature, recipe.t2_scaling) == (30.0, False)
 
 
+def check_infer_dyn(result, proto, recipe, ev, artifact):
+    assert result.label_type == "soft" and ev.label_mode(proto, artifact[1]) == "teacher"  # the ensemble, online
+    assert (recipe.temperature, recipe.t2_scaling) == (30.0, False)
+    assert recipe.mixup == 0.8 and recipe.batch_size == 64 and recipe.optimizer == "adamw"
+
+
 def check_dq(result, proto, recipe, ev, artifact):
     assert result.label_type == "hard" and ev.label_mode(proto, artifact[1]) == "hard"
     assert recipe.optimizer == "sgd" and recipe.schedule == "cosine" and recipe.lr == pytest.approx(0.1)
@@ -151,7 +157,7 @@ def check_dq(result, proto, recipe, ev, artifact):
 
 
 CHECKS = {"dc": check_dc, "quick": check_dc, "mtt": check_mtt, "datm": check_datm, "datadam": check_datadam,
-          "kd": check_kd, "cda": check_cda, "infer": check_infer, "dq": check_dq}
+          "kd": check_kd, "cda": check_cda, "infer": check_infer, "infer_dyn": check_infer_dyn, "dq": check_dq}
 
 
 class CodeTeacher:

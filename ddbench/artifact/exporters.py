@@ -18,8 +18,9 @@ from ddbench.utils import DDBenchError, atomic_write_bytes, make_parent, share_l
 
 
 def to_pixels(artifact: Artifact) -> Tensor:
-    """Images decoded to raw pixels [N,C,H,W] in [0,1] (mean/std undone, or ZCA inverted), clamped."""
-    images = artifact.images.detach().float().cpu()
+    """The training set's images (a factorized artifact decoded) as raw pixels [N,C,H,W] in [0,1]
+    (mean/std undone, or ZCA inverted), clamped."""
+    images = artifact.training_set()[0].detach().float().cpu()
     norm = artifact.normalization
     kind = norm.get("kind", "meanstd")
     if kind == "meanstd":

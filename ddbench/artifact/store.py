@@ -7,7 +7,9 @@ Layout of an artifact directory:
   extra named tensors (factorized parts, ``zca_mean``/``zca_transform``/``zca_inverse``).
 * ``meta.json``: dataset, num_classes, image_shape, normalization, ipc, method, label_type, config,
   seed, ddbench_version, git_commit, stored_bytes, file_bytes, created, format_version (and optional ``decode``:
-  how to decode factorized or partial sets, see :mod:`ddbench.artifact.patches`; its ``stored_bytes`` wins).
+  how to decode factorized or partial sets; its ``stored_bytes`` wins). A factorized artifact stores parts, e.g.
+  INFER's real images + UFCs, and the rule in :mod:`ddbench.artifact.decode` that materialises the training set
+  (its labels belong to that set); a patch-dropped one (:mod:`ddbench.artifact.patches`) stores its training set.
 
 Loading never executes code: safetensors and JSON only (reference ``.pt`` folders go through
 ``torch.load(weights_only=True)`` in :mod:`ddbench.artifact.importers`).
@@ -76,11 +78,30 @@ class Artifact:
             raise DDBenchError(f"artifact meta has no {key!r}; set meta[{key!r}] before using or saving the artifact.")
         return self.meta[key]
 
+    @property
+    def factorized(self) -> bool:
+        """True when the artifact stores parts plus a decode rule (meta["decode"]) instead of the training set
+        (a patch_fill rule describes stored images that are the training set already)."""
+        from ddbench.artifact.decode import AS_STORED
+
+        rule = self.meta.get("decode")
+        return bool(rule) and not (isinstance(rule, dict) and rule.get("kind") in AS_STORED)
+
+    def training_set(self) -> tuple[Tensor, Tensor]:
+        """(images [N,C,H,W], labels): what a network trains on; factorized parts are decoded by meta["decode"]."""
+        if not self.factorized:
+            return self.images, self.labels
+        from ddbench.artifact.decode import decode
+
+        return decode(self.images, self.extras, self.meta["decode"]), self.labels
+
     def class_of(self) -> Tensor:
-        """Class index per image [N]: the class-major position for soft labels (image i is of class i // ipc,
-        whatever its learned logits say), the label itself for hard labels."""
+        """Class index per training image [N]: the class-major position for soft labels (image i is of class
+        i // (N / K), N / K = ipc unless a factorized set decodes to more, whatever its learned logits say), the
+        label itself for hard labels."""
         if self.label_type == "soft":
-            return torch.arange(self.num_classes, device=self.labels.device).repeat_interleave(self.ipc)
+            per_class = len(self.labels) // self.num_classes
+            return torch.arange(self.num_classes, device=self.labels.device).repeat_interleave(per_class)
         return self.labels
 
     def _check_meta_types(self) -> None:
@@ -115,7 +136,11 @@ class Artifact:
         n, k, ipc = images.shape[0], self.num_classes, self.ipc
         if ipc < 1 or k < 1:
             raise DDBenchError(f"artifact meta has ipc={ipc}, num_classes={k}; both must be positive integers.")
-        if n != ipc * k:
+        if self.factorized:
+            from ddbench.artifact.decode import check_rule
+
+            n = check_rule(self.meta["decode"], images, self.extras, k, ipc)  # labels belong to the decoded set
+        elif n != ipc * k:
             raise DDBenchError(
                 f"artifact holds {n} images but meta says ipc={ipc} x num_classes={k} = {ipc * k}; "
                 "fix meta['ipc'] or store exactly ipc images per class."
@@ -136,7 +161,7 @@ class Artifact:
                     f"hard labels must lie in [0, {k - 1}], got range [{int(labels.min())}, {int(labels.max())}]; "
                     "fix the labels or meta['num_classes']."
                 )
-            expected = torch.arange(k, device=labels.device).repeat_interleave(ipc)
+            expected = torch.arange(k, device=labels.device).repeat_interleave(n // k)
             if not torch.equal(labels, expected):
                 raise DDBenchError(
                     "hard labels are not class-major with ipc images per class (all of class 0, then class 1, ...); "
