@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ddbench.methods.base import DistillDiverged, DistillResult, Method, register_method
+from ddbench.methods.base import DistillResult, Method, register_method
 from ddbench.methods.dm import VOLATILE_OPTIONS, reinitialize
-from ddbench.methods.loopkit import Checkpointer, DivergenceGuard, MomentumSGD
+from ddbench.methods.loopkit import Checkpointer, DivergenceGuard, MomentumSGD, image_step_done
 from ddbench.methods.options import MethodOptions, option
 from ddbench.models import create_model, feature_maps
 from ddbench.training import data_fingerprint
@@ -125,15 +125,7 @@ class DataDAM(Method):
             sam, mmd = datadam_loss(real_stats, syn_stats, o.task_balance, o.loss_scale)
             (grad,) = torch.autograd.grad(sam + mmd, x)
             optimizer["images"].step(syn, grad)
-            guard.update(it, {"images": syn}, DivergenceGuard.finite(syn))
-            done = it + 1
-            if guard.due(done, o.iterations) and (bad := guard.first_bad()) is not None:
-                raise DistillDiverged(
-                    f"datadam diverged at iteration {bad}: the synthetic images became NaN/inf. No record is written. "
-                    f"Lower method.lr_img; the state after iteration {bad - 1} is kept as the last good artifact.",
-                    DistillResult(guard.good["images"].clone(), self.hard_labels(), meta={"diverged_at": bad}))
-            if ckpt.due(done, o.iterations):
-                ckpt.save(done, {"images": syn}, optimizer)
+            image_step_done("datadam", it, o.iterations, syn, self.hard_labels, guard, ckpt, optimizer)
         ckpt.clear()
         meta = {
             "final_loss": float((sam + mmd).detach()), "final_sam_loss": float(sam.detach()),

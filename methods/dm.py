@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from ddbench.methods.base import DistillDiverged, DistillResult, Method, register_method
-from ddbench.methods.loopkit import Checkpointer, DivergenceGuard, MomentumSGD
+from ddbench.methods.base import DistillResult, Method, register_method
+from ddbench.methods.loopkit import Checkpointer, DivergenceGuard, MomentumSGD, image_step_done
 from ddbench.methods.options import MethodOptions, option
 from ddbench.models import create_model
 from ddbench.training import data_fingerprint
@@ -95,15 +95,7 @@ class DistributionMatching(Method):
             loss = (real_mean - syn_mean).pow(2).sum()
             (grad,) = torch.autograd.grad(loss, x)
             optimizer["images"].step(syn, grad)
-            guard.update(it, {"images": syn}, DivergenceGuard.finite(syn))
-            done = it + 1
-            if guard.due(done, o.iterations) and (bad := guard.first_bad()) is not None:
-                raise DistillDiverged(
-                    f"dm diverged at iteration {bad}: the synthetic images became NaN/inf. No record is written. "
-                    f"Lower method.lr_img; the state after iteration {bad - 1} is kept as the last good artifact.",
-                    DistillResult(guard.good["images"].clone(), self.hard_labels(), meta={"diverged_at": bad}))
-            if ckpt.due(done, o.iterations):
-                ckpt.save(done, {"images": syn}, optimizer)
+            image_step_done("dm", it, o.iterations, syn, self.hard_labels, guard, ckpt, optimizer)
         ckpt.clear()
         return DistillResult(syn.detach(), self.hard_labels(),
                              meta={"final_loss": float(loss.detach()), "resumed_seconds": ckpt.prior_seconds})

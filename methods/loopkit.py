@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from ddbench.cache import Cache
+from ddbench.methods.base import DistillDiverged, DistillResult
 
 log = logging.getLogger(__name__)
 NEVER = ("false", "0", "no", "never")
@@ -136,3 +137,18 @@ class Checkpointer:
             path = self.cache.path("checkpoints", self.key)
             if path.is_file():
                 path.unlink()
+
+
+def image_step_done(name: str, it: int, iterations: int, syn: Tensor, labels: Callable[[], Tensor],
+                    guard: DivergenceGuard, ckpt: Checkpointer, optimizer: dict[str, MomentumSGD]) -> None:
+    """Bookkeeping after iteration `it` of a loop that learns only the images syn [N,C,H,W] (DM, DataDAM): track
+    divergence, raise DistillDiverged with the last good set when it is checked and found, checkpoint when due."""
+    guard.update(it, {"images": syn}, DivergenceGuard.finite(syn))
+    done = it + 1
+    if guard.due(done, iterations) and (bad := guard.first_bad()) is not None:
+        raise DistillDiverged(
+            f"{name} diverged at iteration {bad}: the synthetic images became NaN/inf. No record is written. "
+            f"Lower method.lr_img; the state after iteration {bad - 1} is kept as the last good artifact.",
+            DistillResult(guard.good["images"].clone(), labels(), meta={"diverged_at": bad}))
+    if ckpt.due(done, iterations):
+        ckpt.save(done, {"images": syn}, optimizer)

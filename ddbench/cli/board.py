@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from ddbench.board import Cell, available_boards, cells, format_seconds, load_board, run_board
 from ddbench.utils import DDBenchError
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cell_filter(specs: list[str]):
+    """A predicate on cells (anything with method, ipc and protocol attributes) from --only KEY=V[,V] specs."""
     wanted: dict[str, set[str]] = {}
     for spec in specs:
         key, sep, values = spec.partition("=")
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                     state = "done" if set(cell.eval_models) <= done.get(cell.id, set()) else "missing"
                     print(f"{state:8s} {cell.label:28s} {cell.id}  ddbench-run {' '.join(cell.args)}")
             for method, ipc, protocol, why in na:
-                print(f"{'n/a':8s} {method} ipc{ipc} {protocol:10s} {why}")
+                if only(SimpleNamespace(method=method, ipc=ipc, protocol=protocol)):
+                    print(f"{'n/a':8s} {method} ipc{ipc} {protocol:10s} {why}")
             return 0
 
         outcomes = run_board(board, records, read=read, output_root=args.outputs, rerun=args.rerun,
