@@ -29,9 +29,6 @@ import yaml
 
 from ddbench.utils import DDBenchError, stable_hash
 
-# Arguments that say where results go, not what a cell computes (left out of the cell id).
-_PLACEMENT_KEYS = ("paths.records", "paths.cache", "board.name", "board.cell", "hydra.run.dir", "progress", "device")
-
 
 @dataclass
 class MethodEntry:
@@ -352,10 +349,10 @@ def board_summary(records: list[dict[str, Any]]) -> str:
     """A Markdown table of the known boards: cells with records, compute time, devices, the command."""
     rows = ["| Board | Dataset | Cells with records | Compute (distill + eval) | Mean per cell | Device | Command |",
             "|:---|:---|---:|---:|---:|:---|:---|"]
+    done = finished_cells(records)
     for name in available_boards():
         board = load_board(name)
         todo, na = cells(board)
-        done = finished_cells(records)
         finished = [c for c in todo if set(c.eval_models) <= done.get(c.id, set())]
         seconds = [cell_seconds(records, c.id) for c in finished]
         devices = sorted({r["device"] for r in records

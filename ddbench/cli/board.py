@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ddbench.board import Cell, available_boards, cells, format_seconds, load_board, run_board
-from ddbench.utils import DDBenchError
+from ddbench.utils import DDBenchError, one_line
 
 DEFAULT_RECORDS = "leaderboard/records"
 FILTER_KEYS = ("method", "ipc", "protocol")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {o.cell.label}: {o.error}", file=sys.stderr)
             return 1
     except DDBenchError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(str(err))}", file=sys.stderr)
         return 2
     return 0
 
