@@ -1,7 +1,7 @@
 """CDA (Yin & Shen, TMLR 2024) on SRe2L: squeeze → curriculum recover → relabel.
 
 Squeeze: a BatchNorm teacher trained by ddbench on the full real train split (cached, see methods/teachers.py).
-Recover: images x ~ N(0,1) in the normalised space, one group per (ipc_id, class batch) of `class_batch`
+Recover: images x ~ N(0,1) in the normalised space (or real images, init=real), one group per (ipc_id, class batch) of `class_batch`
 classes with one image each; every iteration a per-group curriculum RandomResizedCrop + flip and roll jitter,
 loss CE + r_bn·(BN-statistics loss, first BN ×10), Adam (0.5, 0.9) with a cosine lr, clamp to the valid pixel
 range, last iterate kept. All groups run in one batched forward (methods/recover.py), chunked by
@@ -37,6 +37,7 @@ class CDAOptions(RecoverOptions):
     flip: bool = True
     class_batch: int = option(100, low=1)
     groups_per_step: int | None = option(None, low=1)
+    init: str = option("noise", choices=("noise", "real"))  # real: random real images of each class, the run's seed
 
     def check(self, method: str) -> None:
         if self.min_scale > 1:
@@ -68,7 +69,11 @@ class CDA(Method):
         model = teacher.members[0]
         bn = BNStatLoss(model, o.first_bn_multiplier)
         groups = self.ipc * (k // batch)
-        x = torch.randn((groups, batch, *info.shape), device=self.device, generator=self.generator)
+        if o.init == "real":  # class-major [K*ipc] → [ipc, K] → one image of `batch` classes per group
+            real = self.real_init().view(k, self.ipc, *info.shape).transpose(0, 1)
+            x = real.reshape(groups, batch, *info.shape).contiguous()
+        else:
+            x = torch.randn((groups, batch, *info.shape), device=self.device, generator=self.generator)
         labels = torch.arange(k, device=self.device).view(1, k // batch, batch).expand(self.ipc, -1, -1)
         labels = labels.reshape(groups, batch)
         bounds = pixel_bounds(info.mean, info.std, self.device) if self.splits.zca is None else None
@@ -87,5 +92,5 @@ class CDA(Method):
             bar.close()
             bn.remove()
         images = x.view(self.ipc, k, *info.shape).transpose(0, 1).reshape(k * self.ipc, *info.shape)
-        meta = {"storage": STORAGE_NOTE, "teacher": cfg.models, "final_loss": float(torch.cat(losses).mean())}
+        meta = {"storage": STORAGE_NOTE, "teacher": cfg.models, "init": o.init, "final_loss": float(torch.cat(losses).mean())}
         return DistillResult(images, self.hard_labels(), meta=meta)

@@ -91,6 +91,17 @@ def test_cda_recovers_a_class_major_set_in_the_pixel_range(digits_small, cache):
     assert not torch.equal(result.images, other.images)
 
 
+def test_cda_real_init_starts_from_real_images_of_each_class(digits_small, cache):
+    result = run("cda", digits_small, 3, cache, iterations=0, init="real", teacher=TEACHER)
+    train = digits_small.train
+    assert torch.equal(result.labels, torch.arange(10).repeat_interleave(3))
+    for image, label in zip(result.images, result.labels):  # every image is a train image of its own class
+        assert (train.class_images(int(label)) == image).flatten(1).all(1).any()
+    assert len({tuple(img.flatten().tolist()) for img in result.images}) == 30  # distinct rows
+    moved = run("cda", digits_small, 3, cache, iterations=2, init="real", teacher=TEACHER)
+    assert not torch.equal(moved.images, result.images) and moved.meta["init"] == "real"
+
+
 def test_cda_recovery_lowers_the_teacher_loss(digits_small, cache):
     before = run("cda", digits_small, 1, cache, iterations=0, teacher=TEACHER)
     after = run("cda", digits_small, 1, cache, iterations=30, lr=0.1, teacher=TEACHER)
