@@ -30,7 +30,13 @@ from ddbench.training import data_fingerprint
 
 def attention_map(activation: torch.Tensor, power: float) -> torch.Tensor:
     """Spatial attention [B, H*W] of a map [B, C, H, W]: Σ_ch |A|^p, flattened, L2-normalised per sample."""
-    return F.normalize(activation.abs().pow(power).sum(1).flatten(1), dim=1)
+    if power % 2 == 0:  # even p (the paper's 4): |A|^p = (A²)^(p/2), squares instead of abs and a general pow
+        powered = activation.square()
+        if power != 2:
+            powered = powered.pow(power / 2)
+    else:
+        powered = activation.abs().pow(power)
+    return F.normalize(powered.sum(1).flatten(1), dim=1)
 
 
 def class_means(x: torch.Tensor, num_classes: int) -> torch.Tensor:
