@@ -10,7 +10,8 @@ Sets (each variant runs once per seed; one student per run, eval.seed_base = the
             protocol (eval=cda / eval=infer).
   matching  DM and DataDAM (BatchNorm random nets as the paper, and InstanceNorm like the evaluator's ConvNet) with
             the same iteration budget and real batch; DQ at IPC 10 beside random real images at IPC 8, the same
-            stored bytes (DQ drops 20 % of the patches: ipc_equivalent 8); the shared dc protocol, cut to 300 epochs.
+            stored bytes (DQ drops 20 % of the patches: ipc_equivalent 8); the shared dc protocol cut to 300 epochs,
+            on ConvNet and on ConvNet-BN (the evaluation network of DataDAM's reference code).
 Budgets are CPU-sized and cut on the command line, so every record is marked `shortened` (off the leaderboard).
 Fashion-MNIST runs use 1000 training images per class (10k of 60k; the test split is whole): teachers, embedding
 networks and real batches all come from that subset.
@@ -43,7 +44,8 @@ SHARED = {
                   "method.teacher.epochs=5"],
     },
 }
-MATCHING = ["eval=dc", "eval.models=[convnet]", "eval.epochs=300", "ipc=10"]
+# ConvNet (InstanceNorm) is the shared evaluator; ConvNet-BN is the network DataDAM's reference code evaluates with.
+MATCHING = ["eval=dc", "eval.models=[convnet,convnet_bn]", "eval.epochs=300", "ipc=10"]
 MATCHING_DATA = {"digits": ["dataset=digits"],
                  "fashion_mnist": ["dataset=fashion_mnist", "++dataset.max_train_per_class=1000"]}
 MATCHED_BUDGET = ["method.iterations=300", "method.batch_real=64"]
@@ -69,11 +71,13 @@ def variants(set_name: str, dataset: str) -> dict[str, list[str]]:
     return out
 
 
-def accuracies(folder: Path) -> list[float]:
-    """Every evaluation seed's accuracy (%) in a folder of records."""
-    if not folder.is_dir():
-        return []
-    return [100 * a for record in read_records(folder, strict=False) for a in record["accuracies"]]
+def accuracies(folder: Path) -> dict[str, list[float]]:
+    """Every evaluation seed's accuracy (%) in a folder of records, by evaluation model."""
+    found: dict[str, list[float]] = {}
+    if folder.is_dir():
+        for record in read_records(folder, strict=False):
+            found.setdefault(record["eval_model"], []).extend(100 * a for a in record["accuracies"])
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,9 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"\n{args.set} · {args.dataset} (mean ± population std over run seeds, %)")
     for tag in table:
-        accs = [a for seed in args.seeds for a in accuracies(root / "records" / tag / f"seed{seed}")]
-        if accs:
-            print(f"  {tag:28s} {statistics.mean(accs):6.2f} ± {statistics.pstdev(accs):5.2f}  (n={len(accs)})")
+        by_model: dict[str, list[float]] = {}
+        for seed in args.seeds:
+            for model, accs in accuracies(root / "records" / tag / f"seed{seed}").items():
+                by_model.setdefault(model, []).extend(accs)
+        cells = [f"{model} {statistics.mean(a):6.2f} ± {statistics.pstdev(a):5.2f} (n={len(a)})"
+                 for model, a in sorted(by_model.items())]
+        if cells:
+            print(f"  {tag:26s} " + "   ".join(cells))
     return 0
 
 
