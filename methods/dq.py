@@ -10,7 +10,7 @@
 3. Sampling: every class takes `ipc` images uniformly from its bins, split over the bins by largest remainder.
 4. Pixels (optional): Grad-CAM of the same network for the true class scores the patches of each image; the
    lowest mask_ratio of them are dropped and filled from the kept ones (ddbench.artifact.patches) instead of the
-   reference's MAE. The artifact stores the decoded images and the keep mask; stored_bytes counts kept patches.
+   reference's MAE: by a probabilistic PCA of the train set (fill=ppca, a learned decoder), or blur/mean fills. The artifact stores the decoded images and the keep mask; stored_bytes counts kept patches.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ddbench.artifact.patches import FILLS, decode_rule, fill_dropped, kept_bytes, pixel_mask
+from ddbench.artifact.patches import FILLS, decode_rule, fill_dropped, fit_pixel_prior, kept_bytes, pixel_mask
 from ddbench.methods.base import DistillResult, Method, register_method
 from ddbench.methods.options import MethodOptions, option
 from ddbench.training import TeacherConfig, load_teacher
@@ -137,6 +137,7 @@ class DQOptions(MethodOptions):
     mask_ratio: float = option(0.2, low=0)
     patch: int | None = option(None, low=1)
     fill: str = option("blur", choices=FILLS)
+    fill_rank: int = option(64, low=1)  # components of the ppca decoder
     cam_layer: int = -1
 
     def check(self, method: str) -> None:
@@ -206,9 +207,12 @@ class DatasetQuantization(Method):
                              for i in range(0, len(images), 256)])
             grid = (info.image_size // patch, info.image_size // patch)
             keep = keep_mask(cam, grid, mask_ratio)
-            images = fill_dropped(images * pixel_mask(keep, patch), keep, patch, fill)
+            prior = fit_pixel_prior(train.images, o.fill_rank) if fill == "ppca" else None
+            images = fill_dropped(images * pixel_mask(keep, patch), keep, patch, fill, prior)
             extras[MASK_NAME] = keep
-            meta["decode"] = decode_rule(MASK_NAME, patch, fill, kept_bytes(keep, info.channels, patch, labels))
+            if prior is not None:
+                extras.update({k: v for k, v in prior.items() if k != "noise"})
+            meta["decode"] = decode_rule(MASK_NAME, patch, fill, kept_bytes(keep, info.channels, patch, labels), prior)
             meta["dq"]["pixel"] = {"patch": patch, "fill": fill, "cam": "grad-cam of the embedding network, true class",
                                    "kept_patch_fraction": float(keep.float().mean())}
         return DistillResult(images, labels, extras=extras, meta=meta)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ddbench.artifact import load_artifact, save_artifact
-from ddbench.artifact.patches import check_patch_fill, fill_dropped, kept_bytes, pixel_mask
+from ddbench.artifact.patches import check_patch_fill, fill_dropped, fit_pixel_prior, kept_bytes, pixel_mask
 from ddbench.cache import Cache
 from ddbench.methods import create_method
 from ddbench.methods.dq import bin_quotas, embedding_similarity, gradient_similarity, graphcut_bins, keep_mask, sample_from_bins
@@ -92,11 +92,41 @@ def test_fill_keeps_the_kept_patches_and_mean_fill_is_the_kept_mean():
         out = fill_dropped(images, keep, 2, fill)
         assert torch.equal(out[known], images[known])
         torch.testing.assert_close(fill_dropped(images * known, keep, 2, fill), out)  # depends on kept pixels only
+    prior = fit_pixel_prior(torch.randn(50, 3, 4, 4), rank=5)
+    out = fill_dropped(images, keep, 2, "ppca", prior)
+    assert torch.equal(out[known], images[known])
+    torch.testing.assert_close(fill_dropped(images * known, keep, 2, "ppca", prior), out)
+    with pytest.raises(DDBenchError, match="prior"):
+        fill_dropped(images, keep, 2, "ppca")
     mean = fill_dropped(images, keep, 2, "mean")
     expected = images[0, :, :2, :2].sum((1, 2)) + images[0, :, 2:, 2:].sum((1, 2))
     torch.testing.assert_close(mean[0, :, 0, 3], expected / 8)
     with pytest.raises(DDBenchError, match="fill"):
         fill_dropped(images, keep, 2, "mae")
+
+
+def test_ppca_fill_recovers_images_of_a_low_rank_set_and_is_the_gaussian_posterior_mean():
+    torch.manual_seed(0)
+    basis, centre = torch.randn(48, 6), torch.randn(48)
+    train = (centre + torch.randn(400, 6) @ basis.T).view(400, 3, 4, 4)  # rank 6 around a mean
+    prior = fit_pixel_prior(train, rank=6)
+    torch.testing.assert_close(prior["pixel_prior_mean"], train.flatten(1).mean(0), rtol=1e-5, atol=1e-5)
+    images = (centre + torch.randn(5, 6) @ basis.T).view(5, 3, 4, 4)
+    keep = torch.tensor([[[1, 0], [1, 1]]] * 5, dtype=torch.uint8)  # a quarter dropped: 36 known pixels ≥ rank
+    torch.testing.assert_close(fill_dropped(images * pixel_mask(keep, 2), keep, 2, "ppca", prior), images,
+                               rtol=1e-3, atol=1e-3)
+    # against the Gaussian conditional mean μ_u + Σ_uk Σ_kk⁻¹ (x_k − μ_k) of the fitted model, Σ = W Wᵀ + σ² I
+    noisy = torch.randn(300, 1, 4, 4) @ torch.randn(4, 4) + 0.3 * torch.randn(300, 1, 4, 4)
+    prior = fit_pixel_prior(noisy, rank=3)
+    w, mu, s2 = prior["pixel_prior_basis"].double(), prior["pixel_prior_mean"].double(), float(prior["noise"])
+    sigma = w @ w.T + s2 * torch.eye(16, dtype=torch.float64)
+    x = noisy[0].clone()
+    keep = torch.tensor([[[1, 1], [0, 1]]], dtype=torch.uint8)
+    k = pixel_mask(keep, 2).bool().flatten()
+    expected = x.flatten().double().clone()
+    expected[~k] = mu[~k] + sigma[~k][:, k] @ torch.linalg.solve(sigma[k][:, k], expected[k] - mu[k])
+    got = fill_dropped(x.unsqueeze(0), keep, 2, "ppca", prior)
+    torch.testing.assert_close(got.flatten().double(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_keep_mask_keeps_the_highest_cam_patches():
@@ -149,6 +179,27 @@ def test_dq_artifact_decode_rule_and_stored_bytes(digits_small, tmp_path):
     tampered[~known] += 1.0
     with pytest.raises(DDBenchError, match="decode"):
         check_patch_fill(tampered, loaded.extras, loaded.meta["decode"])
+
+
+def test_dq_ppca_fill_stores_its_decoder_and_decodes_from_the_kept_patches(digits_small, tmp_path):
+    ipc = 2
+    result = make(digits_small, ipc, tmp_path, {**OPTIONS, "fill": "ppca", "fill_rank": 16}).distill()
+    saved = save_artifact(artifact_of(result, digits_small, ipc), tmp_path / "artifact")
+    loaded = load_artifact(saved)
+    decode = loaded.meta["decode"]
+    assert decode["fill"] == "ppca" and decode["prior"]["rank"] == 16
+    assert loaded.extras["pixel_prior_basis"].shape == (256, 16) and loaded.extras["pixel_prior_mean"].shape == (256,)
+    assert decode["prior"]["decoder_bytes"] == 4 * 256 * 17
+    keep = loaded.extras["dq_patch_mask"]
+    assert loaded.meta["stored_bytes"] == kept_bytes(keep, 1, 2, loaded.labels)  # the decoder is not counted
+    torch.testing.assert_close(check_patch_fill(loaded.images, loaded.extras, decode), loaded.images)
+    blur = make(digits_small, ipc, tmp_path).distill().images
+    assert not torch.allclose(blur, loaded.images)  # a different fill of the same dropped patches
+    known = pixel_mask(keep, 2).bool()
+    assert torch.equal(blur[known], loaded.images[known])
+    del loaded.extras["pixel_prior_basis"]
+    with pytest.raises(DDBenchError, match="prior"):
+        check_patch_fill(loaded.images, loaded.extras, decode)
 
 
 def test_dq_rejects_bad_options(digits_small, tmp_path):
