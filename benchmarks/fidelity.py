@@ -8,9 +8,10 @@ Sets (each variant runs once per seed; one student per run, eval.seed_base = the
   teacher   CDA and INFER at IPC 10, each beside (a) Gaussian noise recovered for 0 iterations and (b) random
             real images (CDA's init=real, 0 iterations), both relabelled by the same teacher(s) under the same
             protocol (eval=cda / eval=infer).
-  matching  DM and DataDAM (BatchNorm random nets as the paper, and InstanceNorm like the evaluator's ConvNet) with
-            the same iteration budget and real batch; DQ at IPC 10 beside random real images at IPC 8, the same
-            stored bytes (DQ drops 20 % of the patches: ipc_equivalent 8); the shared dc protocol cut to 300 epochs,
+  matching  DM and DataDAM (BatchNorm random nets as the paper, InstanceNorm like the evaluator's ConvNet, and the
+            reference code's attention power p = 1) with the same iteration budget and real batch; DQ at IPC 10
+            (PCA-decoded and blur-filled patches, and without the pixel stage) beside random real images at IPC 8, the same stored
+            bytes (DQ drops 20 % of the patches: ipc_equivalent 8), and at IPC 10; the dc protocol cut to 300 epochs,
             on ConvNet and on ConvNet-BN (the evaluation network of DataDAM's reference code).
 Budgets are CPU-sized and cut on the command line, so every record is marked `shortened` (off the leaderboard).
 Fashion-MNIST runs use 1000 training images per class (10k of 60k; the test split is whole): teachers, embedding
@@ -59,7 +60,10 @@ def variants(set_name: str, dataset: str) -> dict[str, list[str]]:
             "dm": base + ["method=dm"] + MATCHED_BUDGET,
             "datadam": base + ["method=datadam"] + MATCHED_BUDGET,
             "datadam_instancenorm": base + ["method=datadam", "method.norm=instancenorm"] + MATCHED_BUDGET,
-            "dq": base + ["method=dq", "method.embedding.epochs=10"],
+            "datadam_power1": base + ["method=datadam", "method.power=1"] + MATCHED_BUDGET,  # the reference code's p
+            "dq": base + ["method=dq", "method.embedding.epochs=10"],  # dropped patches decoded by PCA
+            "dq_blur_fill": base + ["method=dq", "method.embedding.epochs=10", "method.fill=blur"],
+            "dq_no_pixel": base + ["method=dq", "method.embedding.epochs=10", "method.pixel=false"],
             "random_same_bytes": base + ["method=random", "ipc=8"],
             "random": base + ["method=random"],
         }

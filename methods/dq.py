@@ -9,8 +9,10 @@
    All classes at once; the gain of every candidate from a running vector (one O(n) update per pick).
 3. Sampling: every class takes `ipc` images uniformly from its bins, split over the bins by largest remainder.
 4. Pixels (optional): Grad-CAM of the same network for the true class scores the patches of each image; the
-   lowest mask_ratio of them are dropped and filled from the kept ones (ddbench.artifact.patches) instead of the
-   reference's MAE: by a probabilistic PCA of the train set (fill=ppca, a learned decoder), or blur/mean fills. The artifact stores the decoded images and the keep mask; stored_bytes counts kept patches.
+   lowest mask_ratio of them are dropped and decoded from the kept ones (ddbench.artifact.patches) instead of by
+   the reference's MAE: by default the posterior mean under a probabilistic PCA of the train set (fill=ppca, a
+   learned decoder stored with the artifact), or a blur/mean fill. The artifact stores the decoded images and the
+   keep mask; stored_bytes counts the kept patches.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ class DQOptions(MethodOptions):
     pixel: bool = True
     mask_ratio: float = option(0.2, low=0)
     patch: int | None = option(None, low=1)
-    fill: str = option("blur", choices=FILLS)
+    fill: str = option("ppca", choices=FILLS)
     fill_rank: int = option(64, low=1)  # components of the ppca decoder
     cam_layer: int = -1
 

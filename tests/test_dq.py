@@ -193,7 +193,7 @@ def test_dq_ppca_fill_stores_its_decoder_and_decodes_from_the_kept_patches(digit
     keep = loaded.extras["dq_patch_mask"]
     assert loaded.meta["stored_bytes"] == kept_bytes(keep, 1, 2, loaded.labels)  # the decoder is not counted
     torch.testing.assert_close(check_patch_fill(loaded.images, loaded.extras, decode), loaded.images)
-    blur = make(digits_small, ipc, tmp_path).distill().images
+    blur = make(digits_small, ipc, tmp_path, {**OPTIONS, "fill": "blur"}).distill().images
     assert not torch.allclose(blur, loaded.images)  # a different fill of the same dropped patches
     known = pixel_mask(keep, 2).bool()
     assert torch.equal(blur[known], loaded.images[known])
