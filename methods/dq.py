@@ -212,8 +212,7 @@ class DatasetQuantization(Method):
             prior = fit_pixel_prior(train.images, o.fill_rank) if fill == "ppca" else None
             images = fill_dropped(images * pixel_mask(keep, patch), keep, patch, fill, prior)
             extras[MASK_NAME] = keep
-            if prior is not None:
-                extras.update({k: v for k, v in prior.items() if k != "noise"})
+            extras.update(prior or {})
             meta["decode"] = decode_rule(MASK_NAME, patch, fill, kept_bytes(keep, info.channels, patch, labels), prior)
             meta["dq"]["pixel"] = {"patch": patch, "fill": fill, "cam": "grad-cam of the embedding network, true class",
                                    "kept_patch_fraction": float(keep.float().mean())}

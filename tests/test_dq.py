@@ -118,7 +118,7 @@ def test_ppca_fill_recovers_images_of_a_low_rank_set_and_is_the_gaussian_posteri
     # against the Gaussian conditional mean μ_u + Σ_uk Σ_kk⁻¹ (x_k − μ_k) of the fitted model, Σ = W Wᵀ + σ² I
     noisy = torch.randn(300, 1, 4, 4) @ torch.randn(4, 4) + 0.3 * torch.randn(300, 1, 4, 4)
     prior = fit_pixel_prior(noisy, rank=3)
-    w, mu, s2 = prior["pixel_prior_basis"].double(), prior["pixel_prior_mean"].double(), float(prior["noise"])
+    w, mu, s2 = prior["pixel_prior_basis"].double(), prior["pixel_prior_mean"].double(), float(prior["pixel_prior_noise"])
     sigma = w @ w.T + s2 * torch.eye(16, dtype=torch.float64)
     x = noisy[0].clone()
     keep = torch.tensor([[[1, 1], [0, 1]]], dtype=torch.uint8)

@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from ddbench.utils import DDBenchError
 
 FILLS = ("mean", "blur", "ppca")
-PRIOR_MEAN, PRIOR_BASIS = "pixel_prior_mean", "pixel_prior_basis"
+PRIOR_MEAN, PRIOR_BASIS, PRIOR_NOISE = "pixel_prior_mean", "pixel_prior_basis", "pixel_prior_noise"
+PRIOR_NAMES = (PRIOR_MEAN, PRIOR_BASIS, PRIOR_NOISE)  # the ppca decoder's tensors, stored as artifact extras
 
 
 def fit_pixel_prior(images: torch.Tensor, rank: int, chunk: int = 4096) -> dict[str, torch.Tensor]:
     """Probabilistic PCA of images [N, C, H, W] (maximum likelihood): mean [D], basis W [D, r] with
-    W Wᵀ + σ² I the covariance model, σ² = the mean discarded eigenvalue; returned as the decoder's tensors."""
+    W Wᵀ + σ² I the covariance model, σ² = the mean discarded eigenvalue []; returned under PRIOR_NAMES."""
     flat = images.flatten(1).double()
     n, dim = flat.shape
     rank = max(1, min(rank, dim - 1, n - 1))
@@ -41,14 +42,14 @@ def fit_pixel_prior(images: torch.Tensor, rank: int, chunk: int = 4096) -> dict[
     values, vectors = values.flip(0), vectors.flip(1)
     noise = values[rank:].clamp_min(0).mean().clamp_min(1e-6 * values[0].clamp_min(1e-12))
     basis = vectors[:, :rank] * (values[:rank] - noise).clamp_min(0).sqrt()
-    return {PRIOR_MEAN: mean.float(), PRIOR_BASIS: basis.float(), "noise": noise.float().reshape(())}
+    return {PRIOR_MEAN: mean.float(), PRIOR_BASIS: basis.float(), PRIOR_NOISE: noise.float().reshape(())}
 
 
 def ppca_fill(images: torch.Tensor, known: torch.Tensor, prior: dict[str, torch.Tensor], chunk: int = 64) -> torch.Tensor:
     """Posterior mean of every pixel given the known ones: images, known [N, C, H, W] (known: 1 = kept) →
     x̂ = μ + W (Wₖᵀ Wₖ + σ² I)⁻¹ Wₖᵀ (xₖ − μₖ), per image (one r×r solve each, float64)."""
     mean, basis = prior[PRIOR_MEAN].double(), prior[PRIOR_BASIS].double()
-    noise = float(prior["noise"])
+    noise = float(prior[PRIOR_NOISE])
     x, m = images.flatten(1).double(), known.expand_as(images).flatten(1).double()
     if x.shape[1] != mean.numel():
         raise DDBenchError(f"the pixel prior has {mean.numel()} pixels but the images have {x.shape[1]}; "
@@ -89,11 +90,11 @@ def fill_dropped(images: torch.Tensor, keep: torch.Tensor, patch: int, fill: str
             "the patch size must divide the image size."
         )
     visible = images * known
+    if fill == "ppca":
+        return torch.where(known.bool(), images, ppca_fill(visible, known, prior))
     mean = visible.sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp_min(1)
     if fill == "mean":
         return torch.where(known.bool(), images, mean.expand_as(images))
-    if fill == "ppca":
-        return torch.where(known.bool(), images, ppca_fill(visible, known, prior))
     out, have = visible, known
     for _ in range(max(images.shape[-2:])):
         total = F.avg_pool2d(out, 3, 1, 1, count_include_pad=False)
@@ -122,7 +123,7 @@ def decode_rule(mask_name: str, patch: int, fill: str, stored_bytes: int,
                 "counts kept float32 pixels, 1 bit per mask cell and the labels",
     }
     if prior is not None:
-        rule["prior"] = {"mean": PRIOR_MEAN, "basis": PRIOR_BASIS, "noise": float(prior["noise"]),
+        rule["prior"] = {"tensors": list(PRIOR_NAMES), "noise": float(prior[PRIOR_NOISE]),
                          "rank": int(prior[PRIOR_BASIS].shape[1]),
                          "decoder_bytes": 4 * (prior[PRIOR_MEAN].numel() + prior[PRIOR_BASIS].numel()),
                          "note": "a probabilistic PCA of the train set's pixels (the decoder, like DQ's MAE "
@@ -137,11 +138,9 @@ def check_patch_fill(images: torch.Tensor, extras: dict[str, torch.Tensor], deco
     keep, patch = extras[decode["mask"]], int(decode["patch"])
     prior = None
     if "prior" in decode:
-        names = decode["prior"]
-        if names["mean"] not in extras or names["basis"] not in extras:
+        if any(name not in extras for name in PRIOR_NAMES):
             raise DDBenchError("artifact decode rule needs the pixel prior tensors, which are missing; save it again.")
-        prior = {PRIOR_MEAN: extras[names["mean"]], PRIOR_BASIS: extras[names["basis"]],
-                 "noise": torch.tensor(names["noise"])}
+        prior = {name: extras[name] for name in PRIOR_NAMES}
     masked = images * pixel_mask(keep, patch).to(images.dtype)
     decoded = fill_dropped(masked, keep, patch, decode["fill"], prior)
     if not torch.allclose(decoded, images, atol=1e-5):
