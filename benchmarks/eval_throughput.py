@@ -2,6 +2,7 @@
 
     python benchmarks/eval_throughput.py --device cuda            # the full 5 seeds x 1000 epochs
     python benchmarks/eval_throughput.py --device cpu --epochs 20 # a CPU sample, projected to 1000 epochs
+    python benchmarks/eval_throughput.py --device cpu --ipc 50 --compile true   # with torch.compile (CPU)
 
 Uses Fashion-MNIST's shape (1x28x28, 10 classes) with real images when the files are present, else digits.
 """
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--model", default="convnet")
     parser.add_argument("--vmap", default="auto", choices=["auto", "true", "false"])
+    parser.add_argument("--compile", default="false", choices=["true", "false"],
+                        help="torch.compile the training forwards (compiled during the warm-up, not timed)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     epochs = args.epochs or (1000 if device.type == "cuda" else 20)
@@ -53,15 +56,17 @@ def main() -> None:
         train(nets, images, labels, recipe, make_generator(1, device))
 
     def fresh() -> NetworkBatch:
-        return NetworkBatch(args.model, splits.info, list(range(args.seeds)), device, vmap=vmap)
+        return NetworkBatch(args.model, splits.info, list(range(args.seeds)), device, vmap=vmap,
+                            compile=args.compile == "true")
 
-    train_dc(fresh(), 2)  # warm-up (kernels, allocator)
+    train_dc(fresh(), 2)  # warm-up (kernels, allocator; compiling both batch shapes)
     nets = fresh()
     train_seconds = timed(lambda: train_dc(nets, epochs))
     test_seconds = timed(lambda: test_accuracy(nets, splits.test))
     per_1000 = train_seconds / epochs * 1000 + test_seconds
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"dataset: {splits.info.name}, model: {args.model}, ipc: {args.ipc}, seeds: {args.seeds}, vmap: {args.vmap}")
+          f"dataset: {splits.info.name}, model: {args.model}, ipc: {args.ipc}, seeds: {args.seeds}, vmap: {args.vmap}, "
+          f"compile: {args.compile}")
     print(f"train: {epochs} epochs x {args.seeds} seeds in {train_seconds:.2f} s -> "
           f"{args.seeds * epochs / train_seconds:.1f} seed-epochs/s; test ({len(splits.test)} images x {args.seeds} nets): "
           f"{test_seconds:.2f} s")

@@ -9,6 +9,7 @@ cached, so every method is compared with the same baselines).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 
 from ddbench.cache import Cache
 from ddbench.data import ClassTensors, Splits
-from ddbench.training.networks import NetworkBatch
+from ddbench.training.networks import NetworkBatch, compile_wanted
 from ddbench.training.trainer import test_accuracy, train
 from ddbench.evaluation.protocol import EvalProtocol
 from ddbench.evaluation.scores import seed_scores
@@ -111,10 +112,13 @@ class Evaluator:
     def fit(self, protocol: EvalProtocol, name: str, images: torch.Tensor, targets: torch.Tensor | None,
             mode: str, lr: float, generator: torch.Generator, check: bool = True) -> NetworkBatch:
         """Fresh networks for protocol.seeds trained on (images, targets); raises if they diverge (check=True)."""
-        nets = NetworkBatch(name, self.splits.info, protocol.seeds, self.device, vmap=protocol.vmap,
+        recipe = protocol.recipe(lr)
+        steps = recipe.epochs * math.ceil(images.shape[-4] / recipe.batch_size)
+        compiled = compile_wanted(protocol.compile, self.device, steps)
+        nets = NetworkBatch(name, self.splits.info, protocol.seeds, self.device, vmap=protocol.vmap, compile=compiled,
                             **protocol.model_kwargs.get(name, {}))
         teacher = self.teacher if mode == "teacher" else None
-        train(nets, images, targets, protocol.recipe(lr), generator, teacher=teacher, progress=self.progress)
+        train(nets, images, targets, recipe, generator, teacher=teacher, progress=self.progress)
         if check and not bool(nets.all_finite()):
             raise DDBenchError(f"evaluation of {name} diverged (non-finite weights) with lr={lr}; "
                                "no record is written. Lower eval.lr or check the synthetic set.")

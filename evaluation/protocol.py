@@ -19,6 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from ddbench.training.networks import COMPILE_CHOICES
 from ddbench.training.recipe import TeacherConfig, TrainRecipe
 from ddbench.utils import DDBenchError, check_option_types
 
@@ -83,6 +84,7 @@ class EvalProtocol(TrainRecipe):
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     test_batch_size: int = 1024
     vmap: bool | str = "auto"
+    compile: bool | str = "auto"  # torch.compile the training forwards (auto: long runs on CPUs; see NetworkBatch)
     label_source: str = "artifact"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     # --- fair scores and model selection
@@ -125,6 +127,7 @@ class EvalProtocol(TrainRecipe):
         if self.kind == "dc" and self.augment == "crop_flip":
             raise DDBenchError("eval.augment=crop_flip needs eval.kind=kd; kind dc supports 'dsa' or 'none'.")
         _check_choice("label_source", self.label_source, LABEL_SOURCES)
+        _check_choice("compile", self.compile, COMPILE_CHOICES)
         if self.kind == "dc" and self.label_source not in ("artifact", "hard"):
             raise DDBenchError(f"eval.label_source={self.label_source!r} needs eval.kind=kd "
                                "(kind dc trains on the artifact's labels).")
@@ -195,7 +198,7 @@ class EvalProtocol(TrainRecipe):
     def recipe_key(self) -> dict[str, Any]:
         """What determines a trained network's accuracy, apart from the model, the data, the lr and the seeds."""
         out = self.to_dict()
-        for name in ("name", "models", "model_kwargs", "test_batch_size", "vmap", "scores", "score_weight",
+        for name in ("name", "models", "model_kwargs", "test_batch_size", "vmap", "compile", "scores", "score_weight",
                      "ars_weight", "smoke", "num_seeds", "seed_base", "full_data", "learned_lr"):
             out.pop(name, None)
         out.pop("teacher", None)  # added by the caller when a teacher produces the targets

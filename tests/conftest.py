@@ -27,3 +27,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Put the root logger's handlers back after each test: a Hydra run inside a test points them at that test's
+    captured streams, which are closed afterwards, so a later log line (e.g. matplotlib's first font-cache
+    message on a fresh machine) would print a logging traceback into another test's output."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

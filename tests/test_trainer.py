@@ -1,9 +1,10 @@
 """The one trainer reproduces the three training loops it replaced, and every user resolves to a recipe.
 
 tests/data/trainer_reference.safetensors holds the weights that the former `dc` loop, kd loop and expert loop
-gave on the seeded float64 cases of tests/trainer_cases.py. The `dc` cases and the `dc` evaluation are
-reproduced exactly; the kd and expert cases to float64 rounding (the soft loss is the KL instead of the soft
-cross-entropy, and torch's SGD step fuses what the expert loop computed as separate tensor operations).
+gave on the seeded float64 cases of tests/trainer_cases.py. Every case is reproduced to float64 rounding:
+bit-exact equality does not carry across CPUs (the float64 convolution and reduction kernels differ by 1 ulp
+between instruction sets), and AdamW's division by sqrt(v) grows such 1e-16 differences to ~1e-10 over a few
+steps, so the tolerance is rtol 1e-7 (any change of what the loops compute moves weights by far more).
 """
 
 from __future__ import annotations
@@ -34,14 +35,11 @@ def fresh_nets() -> NetworkBatch:
     return nets
 
 
-def assert_weights(nets: NetworkBatch, case: str, exact: bool) -> None:
+def assert_weights(nets: NetworkBatch, case: str, rtol: float = 1e-7) -> None:
     for i, model in enumerate(nets.models):
         for key, value in model.state_dict().items():
-            expected = REFERENCE[f"{case}.{i}.{key}"]
-            if exact:
-                assert torch.equal(value, expected), f"{case}: {key} of network {i} differs"
-            else:
-                torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(value, REFERENCE[f"{case}.{i}.{key}"], rtol=rtol, atol=rtol * 1e-2,
+                                       msg=lambda m: f"{case}: {key} of network {i}: {m}")
 
 
 def dc_recipe(**changes) -> TrainRecipe:
@@ -49,18 +47,18 @@ def dc_recipe(**changes) -> TrainRecipe:
     return proto.recipe(proto.lr)
 
 
-def test_dc_protocol_reproduces_the_former_dc_loop_exactly():
+def test_dc_protocol_reproduces_the_former_dc_loop():
     x, y, _ = data()
     nets = fresh_nets()
     train(nets, x, y, dc_recipe(), generator())
-    assert_weights(nets, "dc_dsa", exact=True)
+    assert_weights(nets, "dc_dsa")
 
 
 def test_dc_soft_labels_on_per_network_sets_match_the_former_dc_loop():
     x, _, z = data(per_net=2)
     nets = fresh_nets()
     train(nets, x, z, dc_recipe(epochs=3, lr_decay_at=0.34, augment="none", epochs_no_aug=3), generator())
-    assert_weights(nets, "dc_soft_per_net", exact=False)
+    assert_weights(nets, "dc_soft_per_net")
 
 
 @pytest.mark.parametrize("case", ["kd_soft_mix", "kd_hard_adamw", "kd_teacher"])
@@ -76,7 +74,7 @@ def test_kd_recipes_reproduce_the_former_kd_loop(case):
     }[case]
     nets = fresh_nets()
     train(nets, x, targets, recipe, generator(), teacher=teacher)
-    assert_weights(nets, case, exact=False)
+    assert_weights(nets, case)
 
 
 @pytest.mark.parametrize("case,spec", [
@@ -138,3 +136,42 @@ def test_per_network_generators_reject_crop_flip():
     x, y, _ = data()
     with pytest.raises(DDBenchError, match="one generator per network"):
         train(fresh_nets(), x, y, TrainRecipe(epochs=1, batch_size=8), [generator(), generator()])
+
+
+def test_compile_choice_follows_the_setting_device_and_run_length():
+    from ddbench.training.networks import COMPILE_MIN_STEPS, compile_wanted
+
+    assert compile_wanted(True, CPU, 1) and not compile_wanted(False, CPU, 10**6)
+    assert not compile_wanted("auto", CPU, COMPILE_MIN_STEPS - 1)  # short runs (tests, smoke) stay eager
+    assert not compile_wanted("auto", torch.device("cuda"), 10**6)  # GPUs train vmapped
+    with pytest.raises(DDBenchError, match="compile must be one of auto, true, false"):
+        compile_wanted("yes", CPU, 10)
+    with pytest.raises(DDBenchError, match="eval.compile must be one of"):
+        EvalProtocol.from_dict({"compile": "fast"})
+
+
+def test_a_compile_failure_falls_back_to_eager_training(monkeypatch, caplog):
+    def broken(module, **_):
+        def call(*args):
+            raise RuntimeError("no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    x, y, _ = data()
+    nets = NetworkBatch("convnet", INFO, SEEDS, CPU, vmap=False, compile=True, **MODEL)
+    nets.models.double()
+    with caplog.at_level("WARNING"):
+        train(nets, x, y, dc_recipe(), generator())
+    assert "torch.compile failed" in caplog.text and nets.compiled is None
+    assert_weights(nets, "dc_dsa")  # the eager result, as if compile had never been asked for
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_training():
+    x, y, _ = data()
+    nets = NetworkBatch("convnet", INFO, SEEDS, CPU, vmap=False, compile=True, **MODEL)
+    nets.models.double()
+    train(nets, x, y, dc_recipe(), generator())
+    assert nets.compiled is not None  # it really ran compiled
+    assert_weights(nets, "dc_dsa", rtol=1e-6)  # fused kernels round differently
+
