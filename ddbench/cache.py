@@ -1,7 +1,9 @@
 """Content-addressed cache for expensive products (experts, teachers, embeddings).
 
 A product is a dict of tensors stored as safetensors under `<root>/<kind>/<key>.safetensors`, where the key is a
-hash of everything that produced it. Writes are atomic, so concurrent sweep jobs never see half a file.
+hash of everything that produced it. Writes are atomic, so concurrent sweep jobs never see half a file, and a
+build holds a lock file (`<root>/.locks/<kind>/<key>.lock`, flock), so concurrent jobs that miss the same product
+wait for the first job's build and load it instead of building it again.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import json
 import logging
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -71,15 +74,50 @@ class Cache:
         atomic_write_bytes(path, blob)
         return path
 
+    @contextmanager
+    def building(self, kind: str, key: dict[str, Any]) -> Iterator[None]:
+        """Hold the build lock of (kind, key) for the block; waits (logged) while another job holds it.
+
+        The lock is flock on `<root>/.locks/<kind>/<key>.lock`; the OS releases it when a job dies. Where locking is
+        unavailable (no fcntl, a read-only cache folder) the block runs unlocked, as before.
+        """
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system
+            yield
+            return
+        path = self.root / ".locks" / kind / f"{stable_hash(key)}.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+        except OSError:
+            yield
+            return
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another job that is building %s %s", kind, path.stem)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def get_or_create(
         self, kind: str, key: dict[str, Any], build: Callable[[], dict[str, torch.Tensor]],
         required: tuple[str, ...] = (),
     ) -> dict[str, torch.Tensor]:
-        """The cached product for `key`, building and storing it on a miss (or when the entry is corrupted)."""
+        """The cached product for `key`, building and storing it on a miss (or when the entry is corrupted).
+        Concurrent jobs with the same miss build it once: the others wait for the lock and load it."""
         found = self.load(kind, key, required)
         if found is not None:
             return found
-        log.info("building %s (not cached yet)", kind)
-        tensors = build()
-        self.save(kind, key, tensors)
+        with self.building(kind, key):
+            found = self.load(kind, key, required)  # built by another job while this one waited
+            if found is not None:
+                return found
+            log.info("building %s (not cached yet)", kind)
+            tensors = build()
+            self.save(kind, key, tensors)
         return tensors

@@ -41,3 +41,19 @@ def restore_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+def expert_groups(monkeypatch) -> list[list[int]]:
+    """The expert indices of every train_expert_group call, in call order (the experts are still trained)."""
+    import ddbench.methods.experts as experts_mod
+
+    groups: list[list[int]] = []
+    original = experts_mod.train_expert_group
+
+    def counting(*args, **kwargs):
+        groups.append(list(args[4]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(experts_mod, "train_expert_group", counting)
+    return groups

@@ -104,3 +104,48 @@ def test_default_root_is_the_user_cache(monkeypatch, tmp_path):
     assert default_cache_root() == tmp_path / "ddbench"
     assert Cache().root == tmp_path / "ddbench"
     assert Cache(tmp_path / "x").root == tmp_path / "x"
+
+
+def test_concurrent_misses_build_once_and_the_others_wait(tmp_path, caplog):
+    import threading
+    import time
+
+    started = threading.Event()
+
+    class SlowBuilder(Builder):
+        def __call__(self):
+            started.set()
+            time.sleep(0.3)  # long enough for the second job to find the lock taken
+            return super().__call__()
+
+    build = SlowBuilder()
+    results = {}
+
+    def job(name):
+        results[name] = Cache(tmp_path).get_or_create("embeddings", KEY, build)  # each job its own Cache
+
+    first = threading.Thread(target=job, args=("first",))
+    with caplog.at_level(logging.INFO):
+        first.start()
+        started.wait(5)
+        second = threading.Thread(target=job, args=("second",))
+        second.start()
+        first.join(10)
+        second.join(10)
+    assert build.calls == 1  # the second job loaded what the first one built
+    assert torch.equal(results["first"]["features"], results["second"]["features"])
+    assert "waiting for another job that is building embeddings" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "embeddings").iterdir()) == [Cache(tmp_path).path("embeddings", KEY).name]
+
+
+def test_a_failed_build_releases_its_lock(tmp_path):
+    cache = Cache(tmp_path)
+
+    def broken():
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        cache.get_or_create("embeddings", KEY, broken)
+    build = Builder()
+    cache.get_or_create("embeddings", KEY, build)  # would hang if the lock were still held
+    assert build.calls == 1

@@ -18,7 +18,6 @@ import pandas as pd
 import pytest
 import torch
 
-import ddbench.methods.experts as experts_mod
 import ddbench.methods.loopkit as loopkit_mod
 import ddbench.methods.trajectory as traj_mod
 from ddbench import pipeline
@@ -212,23 +211,16 @@ def splits():
     return load_dataset("digits", max_train_per_class=20, max_test_per_class=5)
 
 
-def test_a_corrupted_expert_is_retrained(splits, tmp_path, monkeypatch):
+def test_a_corrupted_expert_is_retrained(splits, tmp_path, expert_groups):
     cache = Cache(tmp_path)
     spec = ExpertSpec(**TINY_EXPERTS)
     first = load_or_train_experts(splits, TINY_MODEL, spec, {}, CPU, cache)
     files = sorted((tmp_path / "experts").glob("*.safetensors"))
     assert len(files) == 2
     files[0].write_bytes(b"\x00" * 16)
-    trained = []
-    original = experts_mod.train_expert_group
-
-    def counting(*args, **kwargs):
-        trained.append(list(args[4]))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(experts_mod, "train_expert_group", counting)
+    del expert_groups[:]
     again = load_or_train_experts(splits, TINY_MODEL, spec, {}, CPU, cache)
-    assert len(trained) == 1 and len(trained[0]) == 1  # only the corrupted expert
+    assert len(expert_groups) == 1 and len(expert_groups[0]) == 1  # only the corrupted expert
     torch.testing.assert_close(again, first)
 
 

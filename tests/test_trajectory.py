@@ -189,15 +189,8 @@ def test_sample_rows_are_permutations_per_full_batch():
 # ------------------------------------------------------------------------------------------- experts
 
 
-def test_expert_cache_reuse_and_resume_of_a_partial_set(splits, tmp_path, monkeypatch, caplog):
-    trained = []
-    original = experts_mod.train_expert_group
-
-    def counting(*args, **kwargs):
-        trained.append(list(args[4]))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(experts_mod, "train_expert_group", counting)
+def test_expert_cache_reuse_and_resume_of_a_partial_set(splits, tmp_path, expert_groups, caplog):
+    trained = expert_groups
     cache = Cache(tmp_path)
     spec = ExpertSpec(**{**TINY_EXPERTS, "num_experts": 3})
     first = load_or_train_experts(splits, TINY_MODEL, spec, {}, CPU, cache, indices=[1])  # a killed job's leftovers
@@ -213,12 +206,30 @@ def test_expert_cache_reuse_and_resume_of_a_partial_set(splits, tmp_path, monkey
     assert trained == [[1], [0, 2]] and "reusing cached experts: 3 of 3" in caplog.text
     assert torch.equal(again, full)
     # an expert's trajectory does not depend on which experts trained beside it
-    alone = original(splits, TINY_MODEL, spec, {}, [2], CPU)[0]
+    alone = experts_mod.train_expert_group(splits, TINY_MODEL, spec, {}, [2], CPU)[0]
     torch.testing.assert_close(alone[0], full[2])
     # another recipe is another cache entry
     gsam = ExpertSpec(**{**TINY_EXPERTS, "num_experts": 1, "optimizer": "gsam", "gsam_alpha": 0.3})
     load_or_train_experts(splits, TINY_MODEL, gsam, {}, CPU, cache)
     assert trained[-1] == [0]
+
+
+def test_concurrent_jobs_train_a_missing_expert_set_once(splits, tmp_path, expert_groups):
+    import threading
+
+    spec = ExpertSpec(**{**TINY_EXPERTS, "num_experts": 2})
+    results = []
+
+    def job():  # one sweep job: its own Cache on the shared folder
+        results.append(load_or_train_experts(splits, TINY_MODEL, spec, {}, CPU, Cache(tmp_path)))
+
+    jobs = [threading.Thread(target=job) for _ in range(2)]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.join(120)
+    assert expert_groups == [[0, 1]]  # the second job waited and loaded the first job's experts
+    assert len(results) == 2 and torch.equal(results[0], results[1])
 
 
 # ------------------------------------------------------------------------------------------- methods
