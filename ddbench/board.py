@@ -383,7 +383,7 @@ def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> li
     tables = render_markdown(frame, not_applicable, title="## Tables")
     text = "# Leaderboard\n\n" + LEADERBOARD_INTRO + "\n## Boards\n\n" + board_summary(records) + "\n\n" + tables
     written = [atomic_write_bytes(out / "README.md", text.encode("utf-8"))]
-    page, pngs = html_report(frame, png_stem="index", n_records=len(records))
+    page, pngs = html_report(frame, png_stem="index", n_records=len(records), not_applicable=not_applicable)
     for file_name, png in pngs.items():
         written.append(atomic_write_bytes(out / file_name, png))
     written.append(atomic_write_bytes(out / "index.html", page.encode("utf-8")))

@@ -184,14 +184,18 @@ def test_rendered_leaderboard_marks_not_applicable_cells_and_keeps_shortened_run
     board = load_board("digits")
     todo, _ = cells(board)
     rec = fake_record(todo[0].id)
+    infer = next(c for c in todo if c.method == "infer" and c.ipc == 10 and c.protocol == "dc")
     short = dict(fake_record("x", method="dm"), shortened="smoke=true")
-    paths = render_leaderboard([rec, short], tmp_path)
+    paths = render_leaderboard([rec, fake_record(infer.id, method="infer", ipc=10), short], tmp_path)
     names = {p.name for p in paths}
     assert {"README.md", "index.html"} <= names
     text = (tmp_path / "README.md").read_text()
     assert "| random | hard | 60.00 ± 10.00 (n=2)" in text
+    assert "| infer | hard | n/a | 60.00 ± 10.00 (n=2)" in text  # the board's not_applicable cell, not a gap
+    page = (tmp_path / "index.html").read_text()
+    assert 'title="INFER&#x27;s budget floor' in page and ">n/a</td>" in page
     assert "| dm " not in text  # the smoke record stays off
-    assert "`ddbench-board digits`" in text and "1 of" in text
+    assert "`ddbench-board digits`" in text and "| 2 of " in text
     for path in paths:
         assert path.stat().st_mode & 0o044 == 0o044, f"{path} is not readable by others"
 

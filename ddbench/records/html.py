@@ -181,9 +181,11 @@ def _titled(cell: str, title: str) -> str:
     return cell.replace("<td", f'<td title="{html.escape(title)}"', 1)
 
 
-def _method_ipc_table(table_id: str, rows: pd.DataFrame) -> str:
-    """Methods (× label type) as rows, IPCs as columns, as papers print them; hover shows the provenance."""
-    ipcs = sorted({int(i) for i in rows["ipc"]})
+def _method_ipc_table(table_id: str, rows: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None) -> str:
+    """Methods (× label type) as rows, IPCs as columns, as papers print them; hover shows the provenance.
+    not_applicable: (method, ipc) → why the cell is invalid, shown as n/a with the reason on hover."""
+    na = not_applicable or {}
+    ipcs = sorted({int(i) for i in rows["ipc"]} | {ipc for _, ipc in na})
     columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text")]
     columns += [_Col(f"ipc{ipc}", f"IPC {ipc}") for ipc in ipcs]
     found = {(r.method, r.label_type, int(r.ipc)): r for r in rows.itertuples()}
@@ -193,7 +195,9 @@ def _method_ipc_table(table_id: str, rows: pd.DataFrame) -> str:
         cells = [_cell(method, "text"), _cell(labels, "text")]
         for ipc in ipcs:
             r = found.get((method, labels, ipc))
-            if r is None:
+            if r is None and (method, ipc) in na:
+                cells.append(f'<td class="missing" data-value="" title="{html.escape(na[(method, ipc)])}">n/a</td>')
+            elif r is None:
                 cells.append(_cell(None, "num"))
             else:
                 text = f"{r.mean * 100:.2f} ± {r.std * 100:.2f}"
@@ -304,9 +308,11 @@ def plot_accuracy_vs_time(rows: pd.DataFrame, title: str) -> bytes:
     return _png(fig)
 
 
-def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int | None = None) -> tuple[str, dict[str, bytes]]:
+def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int | None = None,
+                not_applicable: dict[tuple[str, str, int], str] | None = None) -> tuple[str, dict[str, bytes]]:
     """(page, {png file name: bytes}). With png_stem, plots are also named `<stem>_<section>_<plot>.png` and the
-    page links to them (the caller writes them next to the page); the page itself embeds every plot."""
+    page links to them (the caller writes them next to the page); the page itself embeds every plot.
+    not_applicable: (dataset, method, ipc) → why that cell is invalid (n/a in the method × IPC tables)."""
     pngs: dict[str, bytes] = {}
     parts: list[str] = []
     sections = sorted({(d, p) for d, p in zip(frame["dataset"], frame["protocol"])},
@@ -322,7 +328,8 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
                      "mean ± population std over all seeds of all runs, last epoch. Peak GPU / CPU memory: the largest over "
                      "the runs (CUDA memory allocated; the process's max RSS). Hover a number for its seeds, times, git "
                      "commit and command; click a column header to sort.</p>")
-        parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary))
+        na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
+        parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na))
         parts.append("<h3>Details</h3>")
         parts.append(_detail_table(slug("t", dataset, protocol, "detail"), primary))
         parts.append("<h3>Cross-architecture</h3>")
