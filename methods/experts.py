@@ -185,15 +185,17 @@ def load_or_train_experts(
     keys = {i: expert_key(splits, model_cfg, spec, augment_cfg, i, fingerprint) for i in indices}
     cached = {i: cache.load(KIND, keys[i], required=("trajectory",)) for i in indices}  # corrupted ones: None
     trained: dict[int, Tensor] = {}
-    if any(c is None for c in cached.values()):
+    missing = [i for i in indices if cached[i] is None]
+    if missing:
         # one lock per expert set: a concurrent job training the same experts finishes first, then these load
         with cache.building(KIND, {**keys[indices[0]], "index": "set"}):
-            for i in indices:
-                if cached[i] is None:
-                    cached[i] = cache.load(KIND, keys[i], required=("trajectory",))
-            trained = _train_missing(splits, model_cfg, spec, augment_cfg, device, cache, keys, cached, progress)
-    else:
-        log.info("reusing cached experts: %d of %d found under %s", len(indices), len(indices), cache.root / KIND)
+            for i in missing:
+                cached[i] = cache.load(KIND, keys[i], required=("trajectory",))
+            trained = _train_missing(splits, model_cfg, spec, augment_cfg, device, cache, keys,
+                                     [i for i in missing if cached[i] is None], progress)
+    found = len(indices) - len(trained)
+    if found:
+        log.info("reusing cached experts: %d of %d found under %s", found, len(indices), cache.root / KIND)
     out = [trained[i] if i in trained else cached[i]["trajectory"] for i in indices]  # type: ignore[index]
     shapes = {tuple(t.shape) for t in out}
     if len(shapes) != 1:
@@ -202,15 +204,11 @@ def load_or_train_experts(
 
 
 def _train_missing(splits: Splits, model_cfg: dict[str, Any], spec: ExpertSpec, augment_cfg: dict[str, Any] | None,
-                   device: torch.device, cache: Cache, keys: dict[int, dict[str, Any]],
-                   cached: dict[int, dict[str, Tensor] | None], progress: bool) -> dict[int, Tensor]:
-    """Train the experts of `cached` that are None, `spec.parallel` at a time, caching each group as it ends;
-    returns their trajectories by index."""
+                   device: torch.device, cache: Cache, keys: dict[int, dict[str, Any]], missing: list[int],
+                   progress: bool) -> dict[int, Tensor]:
+    """Train the experts `missing`, `spec.parallel` at a time, caching each group as it ends; their trajectories
+    by index."""
     trained: dict[int, Tensor] = {}
-    missing = [i for i, c in cached.items() if c is None]
-    found = len(cached) - len(missing)
-    if found:
-        log.info("reusing cached experts: %d of %d found under %s", found, len(cached), cache.root / KIND)
     if missing:
         log.info("training %d expert(s) (%s, %d epochs, %d at a time; cache %s)", len(missing), spec.optimizer,
                  spec.epochs, min(spec.parallel, len(missing)), cache.root / KIND)

@@ -196,7 +196,7 @@ def _method_ipc_table(table_id: str, rows: pd.DataFrame, not_applicable: dict[tu
         for ipc in ipcs:
             r = found.get((method, labels, ipc))
             if r is None and (method, ipc) in na:
-                cells.append(f'<td class="missing" data-value="" title="{html.escape(na[(method, ipc)])}">n/a</td>')
+                cells.append(_titled('<td class="missing" data-value="">n/a</td>', na[(method, ipc)]))
             elif r is None:
                 cells.append(_cell(None, "num"))
             else:
