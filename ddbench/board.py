@@ -8,7 +8,8 @@ Every cell is one `ddbench-run` command. Its id is a hash of that command's argu
 `board.name=` and `board.cell=`, so the cell's records name it: a cell is done when the records folder holds a
 record with its id for every evaluation architecture. Rerunning a board therefore runs only the
 cells that are missing (a killed or time-limited run resumes where it stopped); changing a cell's settings gives it
-a new id, so it runs again.
+a new id, so it runs again. Cells run with `reuse_distilled=true`, so cells that distill the same set (a method's
+`dc` and `kd` cells) distill it once, through the cache.
 """
 
 from __future__ import annotations
@@ -105,7 +106,13 @@ class Cell:
         """The full ddbench-run argument list: the cell's args plus where its records and artifact go."""
         run_dir = Path(output_root) / self.board / f"{self.method}_ipc{self.ipc}_{self.protocol}_{self.id}"
         return [*self.args, f"board.name={self.board}", f"board.cell={self.id}", f"paths.records={records}",
-                f"hydra.run.dir={run_dir}", "progress=false", *extra]
+                f"hydra.run.dir={run_dir}", "progress=false", "reuse_distilled=true", *extra]
+
+    @property
+    def distillation(self) -> tuple[str, ...]:
+        """The arguments that decide what the cell distills (all but the evaluation's): cells that share them share
+        one distilled set through the cache."""
+        return tuple(a for a in self.args if not a.lstrip("+~").startswith("eval"))
 
 
 def available_boards() -> list[str]:
@@ -184,11 +191,13 @@ def finished_cells(records: list[dict[str, Any]]) -> dict[str, set[str]]:
 
 
 def cell_seconds(records: list[dict[str, Any]], cell_id: str) -> float:
-    """Distill + eval seconds of a finished cell (the eval seconds of all its architectures)."""
+    """Distill + eval seconds of a finished cell (the eval seconds of all its architectures; no distill seconds
+    when it reused a set another cell distilled)."""
     mine = [r for r in records if ((r.get("config") or {}).get("board") or {}).get("cell") == cell_id]
     if not mine:
         return 0.0
-    return float(max(r.get("distill_seconds") or 0.0 for r in mine) + sum(r["eval_seconds"] for r in mine))
+    distilled = [r.get("distill_seconds") or 0.0 for r in mine if not r.get("distill_reused")]
+    return float(max(distilled, default=0.0) + sum(r["eval_seconds"] for r in mine))
 
 
 @dataclass
@@ -241,6 +250,18 @@ def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: It
     return CellOutcome(cell, "done", seconds)
 
 
+def share_distillations(pending: list[Cell]) -> list[Cell]:
+    """The cells in order, except that a cell distilling the same set as an earlier one (the kd cell of a method
+    beside its dc cell) moves to the end: by then the set is in the cache, so it is evaluated, not distilled again,
+    and no job waits for another's distillation."""
+    seen: set[tuple[str, ...]] = set()
+    first, later = [], []
+    for cell in pending:
+        (later if cell.distillation in seen else first).append(cell)
+        seen.add(cell.distillation)
+    return first + later
+
+
 def format_seconds(seconds: float) -> str:
     seconds = max(0.0, float(seconds))
     if seconds < 90:
@@ -277,7 +298,7 @@ def run_board(
     if only is not None:
         todo = [c for c in todo if only(c)]
     done = finished_cells(read())
-    pending = [c for c in todo if rerun or not set(c.eval_models) <= done.get(c.id, set())]
+    pending = share_distillations([c for c in todo if rerun or not set(c.eval_models) <= done.get(c.id, set())])
     outcomes = [CellOutcome(c, "skipped") for c in todo if c not in pending]
     if outcomes:
         echo(f"board {board.name}: {len(outcomes)} of {len(todo)} cells already have records (use --rerun to redo them)")

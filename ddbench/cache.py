@@ -1,4 +1,4 @@
-"""Content-addressed cache for expensive products (experts, teachers, embeddings).
+"""Content-addressed cache for expensive products (experts, teachers, embeddings, distilled sets).
 
 A product is a dict of tensors stored as safetensors under `<root>/<kind>/<key>.safetensors`, where the key is a
 hash of everything that produced it. Writes are atomic, so concurrent sweep jobs never see half a file, and a
@@ -34,6 +34,10 @@ class Cache:
 
     def path(self, kind: str, key: dict[str, Any]) -> Path:
         return self.root / kind / f"{stable_hash(key)}.safetensors"
+
+    def folder(self, kind: str, key: dict[str, Any]) -> Path:
+        """Where a product stored as a folder (a distilled artifact) lives: `<root>/<kind>/<key>/`."""
+        return self.root / kind / stable_hash(key)
 
     def load(self, kind: str, key: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, torch.Tensor] | None:
         """The cached product, or None when there is none. An unreadable entry, or one without the `required`

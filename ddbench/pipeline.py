@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ddbench.artifact import Artifact, save_artifact
+from ddbench.artifact.store import read_artifact_dir
 from ddbench.cache import Cache
 from ddbench.checks import check_ipc_fits
 from ddbench.data import Splits, load_dataset
@@ -21,7 +22,8 @@ from ddbench.methods import method_options as resolve_method_options
 from ddbench.methods.base import DistillDiverged
 from ddbench.records import make_record, write_record
 from ddbench.utils import (
-    DDBenchError, device_name, peak_memory_bytes, peak_rss_bytes, resolve_device, seed_everything, stable_hash,
+    DDBenchError, device_name, git_commit, peak_memory_bytes, peak_rss_bytes, resolve_device, seed_everything,
+    stable_hash,
 )
 
 log = logging.getLogger("ddbench")
@@ -132,8 +134,68 @@ def check_method(cfg: dict[str, Any]) -> MethodOptions:
 
 def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[Artifact, float]:
     """Run the configured method; returns the artifact (not yet saved) and the wall time in seconds (with the time
-    of earlier, interrupted parts when the method resumed from a checkpoint)."""
+    of earlier, interrupted parts when the method resumed from a checkpoint).
+
+    With `reuse_distilled=true`, a set distilled earlier with the same distillation settings and code (see
+    `distill_key`) is taken from the cache (kind "distilled") instead, with the seconds its distillation took, and
+    a new one is stored there; concurrent runs with the same key distill it once."""
     check_ipc_fits(int(cfg["ipc"]), splits.train.counts.tolist(), splits.info.name)
+    if not cfg.get("reuse_distilled"):
+        return _distill(cfg, splits, device)
+    key = distill_key(cfg, device)
+    if key is None:
+        log.warning("reuse_distilled: the source tree has uncommitted changes, so this run neither reuses nor "
+                    "stores a distilled set; commit them to share distilled sets between runs")
+        return _distill(cfg, splits, device)
+    cache = Cache(cfg["paths"]["cache"])
+    folder = cache.folder("distilled", key)
+    with cache.building("distilled", key):
+        found = _cached_distilled(cache, folder, cfg)
+        if found is not None:
+            return found, float(found.meta.get("distill_seconds") or 0.0)
+        artifact, seconds = _distill(cfg, splits, device)
+        save_artifact(artifact, folder)
+        log.info("stored the distilled set in %s for runs with the same distillation settings", folder)
+    return artifact, seconds
+
+
+# Top-level config keys that do not change what a method distills: runs that differ only in them share a set.
+NOT_DISTILL_KEYS = ("eval", "paths", "logger", "board", "progress", "debug", "write_records", "artifact",
+                    "reuse_distilled", "smoke_settings", "device")
+
+
+def distill_key(cfg: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+    """What a distilled set depends on: the resolved config without the evaluation and bookkeeping keys (smoke
+    reductions are already applied to it), the kind of device, and the code (ddbench and torch versions, git
+    commit). None when the source tree has uncommitted changes: its commit does not name the code then."""
+    import ddbench
+
+    commit = git_commit()
+    if commit is not None and commit.endswith("-dirty"):
+        return None
+    settings = {k: v for k, v in cfg.items() if k not in NOT_DISTILL_KEYS}
+    settings["method"] = {k: v for k, v in cfg["method"].items() if k != "progress"}
+    return {"what": "distilled", "settings": settings, "device": device.type, "commit": commit,
+            "ddbench": ddbench.__version__, "torch": torch.__version__}
+
+
+def _cached_distilled(cache: Cache, folder: Path, cfg: dict[str, Any]) -> Artifact | None:
+    """The distilled set stored in `folder` (its config replaced by this run's), or None; an unreadable one is
+    moved aside (named in a warning) so that it is distilled again."""
+    if not folder.is_dir():
+        return None
+    try:
+        artifact = read_artifact_dir(folder)
+    except DDBenchError as err:
+        cache.set_aside(folder, "distilled set", " ".join(str(err).split())[:160])
+        return None
+    log.info("reusing the distilled set %s (distilled in %.1f s by an earlier run with the same settings)",
+             folder, float(artifact.meta.get("distill_seconds") or 0.0))
+    artifact.meta.update(config=cfg, reused_from=str(folder))
+    return artifact
+
+
+def _distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[Artifact, float]:
     seed_everything(cfg["seed"])
     method = create_method(
         cfg["method"]["name"], splits=splits, ipc=int(cfg["ipc"]), seed=int(cfg["seed"]), device=device,
@@ -187,9 +249,10 @@ def evaluate(cfg: dict[str, Any], artifact: Artifact, splits: Splits) -> list[Ev
 
 def write_results(
     cfg: dict[str, Any], artifact: Artifact, artifact_path: Path | None, results: list[EvalResult],
-    distill_seconds: float | None, device: torch.device, command: str | None = None,
+    distill_seconds: float | None, device: torch.device, command: str | None = None, distill_reused: bool = False,
 ) -> list[Path]:
-    """One record per evaluated architecture under paths.records."""
+    """One record per evaluated architecture under paths.records; `distill_reused`: the set was distilled by an
+    earlier run (`distill_seconds` are that run's)."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     paths = []
     for result in results:
@@ -201,7 +264,7 @@ def write_results(
             peak_cpu_memory_bytes=peak_rss_bytes(), device=device_name(device),
             config_hash=stable_hash(cfg), config=cfg, seed=int(cfg["seed"]),
             artifact=None if artifact_path is None else str(artifact_path), command=command, scores=dict(result.scores),
-            shortened=shortened_settings(cfg),
+            shortened=shortened_settings(cfg), distill_reused=distill_reused,
         )
         paths.append(write_record(record, cfg["paths"]["records"]))
     return paths

@@ -35,8 +35,9 @@ def evaluate(cfg: dict[str, Any]) -> float:
     results = pipeline.evaluate(cfg, artifact, splits)
     if cfg.get("write_records", True):
         path = Path(cfg["artifact"]).expanduser().resolve()
-        for record in pipeline.write_results(cfg, artifact, path, results, artifact.meta.get("distill_seconds"),
-                                             device, invoked_command()):
+        seconds = artifact.meta.get("distill_seconds")
+        for record in pipeline.write_results(cfg, artifact, path, results, seconds, device, invoked_command(),
+                                             distill_reused=seconds is not None):
             print(f"record: {record}")
     print(pipeline.summary_rows(cfg, artifact, results))
     return results[0].mean

@@ -24,11 +24,14 @@ def run(cfg: dict[str, Any]) -> float:
     try:
         artifact, seconds = pipeline.distill(cfg, splits, device)
         path = pipeline.save(artifact, cfg)
-        print(f"artifact: {path} (distilled in {seconds:.1f} s)")
+        how = f"reused from {artifact.meta['reused_from']}, distilled" if "reused_from" in artifact.meta else "distilled"
+        print(f"artifact: {path} ({how} in {seconds:.1f} s)")
         with keep_artifact_on_failure(path, cfg):
             results = pipeline.evaluate(cfg, artifact, splits)
             if cfg.get("write_records", True):
-                for record in pipeline.write_results(cfg, artifact, path, results, seconds, device, invoked_command()):
+                reused = "reused_from" in artifact.meta
+                for record in pipeline.write_results(cfg, artifact, path, results, seconds, device, invoked_command(),
+                                                     distill_reused=reused):
                     print(f"record: {record}")
         print(pipeline.summary_rows(cfg, artifact, results))
         logger.log({f"acc/{r.model}": r.mean for r in results} | {"distill_seconds": seconds})

@@ -60,6 +60,9 @@ SCHEMA: dict[str, Field] = {
     "seed": Field((int,), True, "the run's seed, an int"),
     "scores": Field((dict,), False, "extra named scores, an object (default {})"),
     "command": Field((str, NoneType), False, "the command line that reproduces the run, or null"),
+    "distill_reused": Field(
+        (bool,), False, "true when the run evaluated a set distilled by an earlier run (whose distill_seconds it reports)",
+    ),
     "shortened": Field(
         (str, NoneType), False,
         "null for a full-protocol run, else what was cut (e.g. 'smoke=true' or 'eval.epochs=30'), a string",
@@ -68,7 +71,7 @@ SCHEMA: dict[str, Field] = {
 
 # Defaults of the optional fields (copied per record).
 OPTIONAL_DEFAULTS: dict[str, Any] = {
-    "scores": {}, "command": None, "shortened": None, "peak_cpu_memory_bytes": None,
+    "scores": {}, "command": None, "shortened": None, "peak_cpu_memory_bytes": None, "distill_reused": False,
 }
 
 _NON_EMPTY = ("run_id", "method", "dataset", "protocol", "eval_model", "device", "config_hash")

@@ -1,0 +1,122 @@
+"""reuse_distilled: runs that differ only in their evaluation share one distilled set through the cache."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+import torch
+
+from ddbench import pipeline
+from ddbench.artifact import load_artifact
+from ddbench.board import Board, cells, share_distillations
+from ddbench.cli import run as run_cli
+from ddbench.methods import DistillResult
+from ddbench.records import read_records
+
+CPU = torch.device("cpu")
+K, S = 10, 16
+
+
+class CountingMethod:
+    """Stands in for a method: each distill() draws new images, so a reused set is recognisable."""
+
+    calls = 0
+
+    def __init__(self, *args, ipc: int, **kwargs):
+        self.ipc = ipc
+
+    def distill(self):
+        CountingMethod.calls += 1
+        return DistillResult(torch.randn(K * self.ipc, 1, S, S), torch.arange(K).repeat_interleave(self.ipc),
+                             meta={"resumed_seconds": 5.0})
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    CountingMethod.calls = 0
+    monkeypatch.setattr(pipeline, "create_method", CountingMethod)
+    monkeypatch.setattr(pipeline, "git_commit", lambda: "0123abc")  # a clean checkout
+    return CountingMethod
+
+
+def config(tmp_path, **changes):
+    cfg = {"ipc": 1, "seed": 0, "method": {"name": "dm", "iterations": 5}, "model": {"name": "convnet", "width": 8},
+           "augment": {}, "eval": {"name": "dc"}, "device": "cpu", "reuse_distilled": True,
+           "paths": {"cache": str(tmp_path / "cache"), "output": str(tmp_path / "out")}}
+    cfg.update(changes)
+    return cfg
+
+
+def test_a_second_run_with_another_protocol_reuses_the_set_and_its_distill_time(tmp_path, digits, counting):
+    first, seconds = pipeline.distill(config(tmp_path), digits, CPU)
+    again, again_seconds = pipeline.distill(config(tmp_path, eval={"name": "kd"}, progress=False), digits, CPU)
+    assert counting.calls == 1
+    assert torch.equal(first.images, again.images) and again_seconds == seconds >= 5.0
+    assert again.meta["config"]["eval"] == {"name": "kd"} and "reused_from" in again.meta
+    assert "reused_from" not in first.meta
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"ipc": 2}, {"method": {"name": "dm", "iterations": 6}},
+                                    {"model": {"name": "convnet", "width": 16}}, {"reuse_distilled": False}])
+def test_anything_that_changes_the_distillation_distills_again(tmp_path, digits, counting, change):
+    pipeline.distill(config(tmp_path), digits, CPU)
+    pipeline.distill(config(tmp_path, **change), digits, CPU)
+    assert counting.calls == 2
+
+
+def test_code_changes_distill_again_and_uncommitted_code_shares_nothing(tmp_path, digits, counting, monkeypatch,
+                                                                       caplog):
+    pipeline.distill(config(tmp_path), digits, CPU)
+    monkeypatch.setattr(pipeline, "git_commit", lambda: "4567def")
+    pipeline.distill(config(tmp_path), digits, CPU)
+    assert counting.calls == 2
+    monkeypatch.setattr(pipeline, "git_commit", lambda: "4567def-dirty")
+    stored = sorted((tmp_path / "cache" / "distilled").iterdir())
+    with caplog.at_level(logging.WARNING):
+        pipeline.distill(config(tmp_path), digits, CPU)
+        pipeline.distill(config(tmp_path), digits, CPU)
+    assert counting.calls == 4 and sorted((tmp_path / "cache" / "distilled").iterdir()) == stored
+    assert "uncommitted changes" in caplog.text
+
+
+def test_a_corrupted_cached_set_is_moved_aside_and_distilled_again(tmp_path, digits, counting, caplog):
+    pipeline.distill(config(tmp_path), digits, CPU)
+    (folder,) = (tmp_path / "cache" / "distilled").iterdir()
+    (folder / "meta.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING):
+        again, _ = pipeline.distill(config(tmp_path), digits, CPU)
+    assert counting.calls == 2 and "reused_from" not in again.meta
+    assert "corrupted" in caplog.text and any(".corrupt-" in p.name for p in folder.parent.iterdir())
+    assert load_artifact(folder).meta["method"] == "dm"  # stored again, readable
+
+
+def test_the_run_records_that_its_set_was_reused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(pipeline, "git_commit", lambda: "0123abc")
+    common = ["method=dm", "dataset=digits", "smoke=true", "ipc=1", "reuse_distilled=true", "eval.num_seeds=1",
+              f"paths.records={tmp_path / 'records'}", f"paths.cache={tmp_path / 'cache'}"]
+    for number, extra in enumerate(([], ["eval.epochs=3"])):
+        monkeypatch.setattr(sys, "argv", ["ddbench-run", *common, *extra, f"hydra.run.dir={tmp_path / str(number)}"])
+        run_cli.main()
+    out = capsys.readouterr().out
+    assert "reused from" in out
+    first, second = sorted(read_records(tmp_path / "records"), key=lambda r: r["created"])
+    assert not first["distill_reused"] and second["distill_reused"]
+    assert second["distill_seconds"] == first["distill_seconds"]
+    images = [load_artifact(tmp_path / str(n) / "artifact").images for n in (0, 1)]
+    assert torch.equal(*images)
+
+
+def test_the_board_runs_cells_that_share_a_distillation_after_the_others():
+    board = Board.from_dict({
+        "name": "b", "dataset": "digits", "ipcs": [10, 50], "eval_models": ["convnet"],
+        "methods": {"random": {}, "dm": {"overrides": ["method.iterations=5"], "protocols": ["dc", "kd"]}},
+    }, "test")
+    todo, _ = cells(board)
+    assert [c.label for c in todo] == ["random ipc10 dc", "dm ipc10 dc", "dm ipc10 kd", "random ipc50 dc",
+                                       "dm ipc50 dc", "dm ipc50 kd"]
+    assert [c.label for c in share_distillations(todo)] == [
+        "random ipc10 dc", "dm ipc10 dc", "random ipc50 dc", "dm ipc50 dc", "dm ipc10 kd", "dm ipc50 kd"]
+    assert todo[1].distillation == todo[2].distillation != todo[4].distillation
+    assert "reuse_distilled=true" in todo[0].command("/r", "/o")
