@@ -22,7 +22,7 @@ from ddbench.methods import method_options as resolve_method_options
 from ddbench.methods.base import DistillDiverged
 from ddbench.records import make_record, write_record
 from ddbench.utils import (
-    DDBenchError, device_name, git_commit, peak_memory_bytes, peak_rss_bytes, resolve_device, seed_everything,
+    DDBenchError, code_fingerprint, device_name, peak_memory_bytes, peak_rss_bytes, resolve_device, seed_everything,
     stable_hash,
 )
 
@@ -143,10 +143,6 @@ def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[
     if not cfg.get("reuse_distilled"):
         return _distill(cfg, splits, device)
     key = distill_key(cfg, device)
-    if key is None:
-        log.warning("reuse_distilled: the source tree has uncommitted changes, so this run neither reuses nor "
-                    "stores a distilled set; commit them to share distilled sets between runs")
-        return _distill(cfg, splits, device)
     cache = Cache(cfg["paths"]["cache"])
     folder = cache.folder("distilled", key)
     with cache.building("distilled", key):
@@ -164,19 +160,14 @@ NOT_DISTILL_KEYS = ("eval", "paths", "logger", "board", "progress", "debug", "wr
                     "reuse_distilled", "smoke_settings", "device")
 
 
-def distill_key(cfg: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+def distill_key(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """What a distilled set depends on: the resolved config without the evaluation and bookkeeping keys (smoke
-    reductions are already applied to it), the kind of device, and the code (ddbench and torch versions, git
-    commit). None when the source tree has uncommitted changes: its commit does not name the code then."""
-    import ddbench
-
-    commit = git_commit()
-    if commit is not None and commit.endswith("-dirty"):
-        return None
+    reductions are already applied to it), the kind of device, the torch version and ddbench's code (a hash of its
+    source files, so any change to them, committed or not, distills again)."""
     settings = {k: v for k, v in cfg.items() if k not in NOT_DISTILL_KEYS}
     settings["method"] = {k: v for k, v in cfg["method"].items() if k != "progress"}
-    return {"what": "distilled", "settings": settings, "device": device.type, "commit": commit,
-            "ddbench": ddbench.__version__, "torch": torch.__version__}
+    return {"what": "distilled", "settings": settings, "device": device.type, "code": code_fingerprint(),
+            "torch": torch.__version__}
 
 
 def _cached_distilled(cache: Cache, folder: Path, cfg: dict[str, Any]) -> Artifact | None:

@@ -163,6 +163,26 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+# The packages whose files make up ddbench's code: their *.py and *.yaml files are fingerprinted.
+CODE_PACKAGES = ("ddbench", "ddbench.methods", "ddbench.evaluation", "ddbench.conf")
+
+
+def code_fingerprint() -> str:
+    """A hash of ddbench's own source files (Python modules and config YAML, wherever installed, committed or not):
+    what a cached product that depends on the code itself, such as a distilled set, is keyed on."""
+    import importlib
+
+    digest = hashlib.sha256()
+    for name in CODE_PACKAGES:
+        for folder in importlib.import_module(name).__path__:
+            root = Path(folder)
+            files = sorted(p for pattern in ("*.py", "*.yaml") for p in root.rglob(pattern) if "__pycache__" not in p.parts)
+            for path in files:
+                digest.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def git_commit() -> str | None:
     """The git commit of the ddbench source tree, or None outside a checkout."""
     here = Path(__file__).resolve().parent

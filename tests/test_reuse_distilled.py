@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from ddbench import pipeline
+from ddbench import pipeline, utils
 from ddbench.artifact import load_artifact
 from ddbench.board import Board, cells, share_distillations
 from ddbench.cli import run as run_cli
@@ -37,7 +37,6 @@ class CountingMethod:
 def counting(monkeypatch):
     CountingMethod.calls = 0
     monkeypatch.setattr(pipeline, "create_method", CountingMethod)
-    monkeypatch.setattr(pipeline, "git_commit", lambda: "0123abc")  # a clean checkout
     return CountingMethod
 
 
@@ -66,19 +65,29 @@ def test_anything_that_changes_the_distillation_distills_again(tmp_path, digits,
     assert counting.calls == 2
 
 
-def test_code_changes_distill_again_and_uncommitted_code_shares_nothing(tmp_path, digits, counting, monkeypatch,
-                                                                       caplog):
+def test_a_change_to_the_source_files_distills_again(tmp_path, digits, counting, monkeypatch):
     pipeline.distill(config(tmp_path), digits, CPU)
-    monkeypatch.setattr(pipeline, "git_commit", lambda: "4567def")
+    monkeypatch.setattr(pipeline, "code_fingerprint", lambda: "changed")
     pipeline.distill(config(tmp_path), digits, CPU)
-    assert counting.calls == 2
-    monkeypatch.setattr(pipeline, "git_commit", lambda: "4567def-dirty")
-    stored = sorted((tmp_path / "cache" / "distilled").iterdir())
-    with caplog.at_level(logging.WARNING):
-        pipeline.distill(config(tmp_path), digits, CPU)
-        pipeline.distill(config(tmp_path), digits, CPU)
-    assert counting.calls == 4 and sorted((tmp_path / "cache" / "distilled").iterdir()) == stored
-    assert "uncommitted changes" in caplog.text
+    pipeline.distill(config(tmp_path), digits, CPU)
+    assert counting.calls == 2 and len(list((tmp_path / "cache" / "distilled").iterdir())) == 2
+
+
+def test_the_code_fingerprint_follows_the_source_files(tmp_path, monkeypatch):
+    import importlib
+
+    package = tmp_path / "fake_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(utils, "CODE_PACKAGES", ("fake_pkg",))
+    before = utils.code_fingerprint()
+    assert utils.code_fingerprint() == before
+    (package / "a.py").write_text("x = 2\n")
+    assert utils.code_fingerprint() != before
+    assert len(before) == 16
 
 
 def test_a_corrupted_cached_set_is_moved_aside_and_distilled_again(tmp_path, digits, counting, caplog):
@@ -93,7 +102,6 @@ def test_a_corrupted_cached_set_is_moved_aside_and_distilled_again(tmp_path, dig
 
 
 def test_the_run_records_that_its_set_was_reused(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(pipeline, "git_commit", lambda: "0123abc")
     common = ["method=dm", "dataset=digits", "smoke=true", "ipc=1", "reuse_distilled=true", "eval.num_seeds=1",
               f"paths.records={tmp_path / 'records'}", f"paths.cache={tmp_path / 'cache'}"]
     for number, extra in enumerate(([], ["eval.epochs=3"])):
