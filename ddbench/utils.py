@@ -163,6 +163,14 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def tensor_digest(tensor: "torch.Tensor", length: int = 16) -> str:
+    """Content hash of a tensor: its dtype, shape and values (copied to the host once)."""
+    data = tensor.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{data.dtype}{tuple(data.shape)}".encode())
+    digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()[:length]
+
+
 # The packages whose files make up ddbench's code: their *.py and *.yaml files are fingerprinted.
 CODE_PACKAGES = ("ddbench", "ddbench.methods", "ddbench.evaluation", "ddbench.conf")
 

@@ -24,7 +24,8 @@ from ddbench.evaluation.protocol import EvalProtocol
 from ddbench.evaluation.scores import seed_scores
 from ddbench.evaluation.selection import best_lr, holdout_split
 from ddbench.training.teacher import Teacher, load_teacher
-from ddbench.utils import DDBenchError, make_generator, mean_std, stable_hash
+from ddbench.training.checkpoint import Checkpointer
+from ddbench.utils import DDBenchError, code_fingerprint, make_generator, mean_std, stable_hash, tensor_digest
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Evaluator:
         self.device = splits.train.images.device
         self._teacher: Teacher | None = None
         self._val: tuple[ClassTensors, ClassTensors] | None = None
+        self.resumed_seconds = 0.0  # seconds of earlier, interrupted parts of the fits resumed from checkpoints
 
     # ------------------------------------------------------------------------------------- pieces
     @property
@@ -82,6 +84,11 @@ class Evaluator:
         if self._val is None:
             self._val = holdout_split(self.splits.train, self.protocol.val_fraction, self.protocol.val_seed)
         return self._val
+
+    def teacher_key(self) -> dict[str, Any]:
+        """What determines the protocol's teacher (its recipe, models and seed), for cache keys."""
+        t = self.protocol.teacher
+        return t.recipe().to_dict() | {"models": t.models, "model_kwargs": t.model_kwargs, "seed": t.seed}
 
     def fingerprint(self) -> dict[str, Any]:
         from ddbench.training.embedding import data_fingerprint
@@ -115,10 +122,23 @@ class Evaluator:
         recipe = protocol.recipe(lr)
         steps = recipe.epochs * math.ceil(images.shape[-4] / recipe.batch_size)
         compiled = compile_wanted(protocol.compile, self.device, steps)
+        kwargs = protocol.model_kwargs.get(name, {})
         nets = NetworkBatch(name, self.splits.info, protocol.seeds, self.device, vmap=protocol.vmap, compile=compiled,
-                            **protocol.model_kwargs.get(name, {}))
+                            **kwargs)
         teacher = self.teacher if mode == "teacher" else None
-        train(nets, images, targets, recipe, generator, teacher=teacher, progress=self.progress)
+        checkpoint = None
+        if protocol.checkpoint_minutes > 0:
+            key = {"what": "eval_fit", "code": code_fingerprint(), "torch": torch.__version__,
+                   "device": self.device.type, "model": name, "model_kwargs": kwargs, "seeds": protocol.seeds,
+                   "recipe": recipe.to_dict(), "mode": mode, "images": tensor_digest(images),
+                   "targets": None if targets is None else tensor_digest(targets),
+                   "generator": tensor_digest(generator.get_state()), "vmap": nets.vmapped, "compile": compiled,
+                   "teacher": self.teacher_key() if mode == "teacher" else None}
+            checkpoint = Checkpointer(self.cache, key, every=1, resume="auto", generator=generator,
+                                      every_seconds=60 * protocol.checkpoint_minutes)
+        train(nets, images, targets, recipe, generator, teacher=teacher, progress=self.progress, checkpoint=checkpoint)
+        if checkpoint is not None:
+            self.resumed_seconds += checkpoint.prior_seconds
         if check and not bool(nets.all_finite()):
             raise DDBenchError(f"evaluation of {name} diverged (non-finite weights) with lr={lr}; "
                                "no record is written. Lower eval.lr or check the synthetic set.")
@@ -196,9 +216,7 @@ class Evaluator:
             "lr": {"grid": protocol.lr_grid, "val": [protocol.val_fraction, protocol.val_seed]} if grid else lr,
         }
         if mode != "hard":
-            key["teacher"] = self.protocol.teacher.recipe().to_dict() | {
-                "models": self.protocol.teacher.models, "model_kwargs": self.protocol.teacher.model_kwargs,
-                "seed": self.protocol.teacher.seed}
+            key["teacher"] = self.teacher_key()
 
         def build() -> dict[str, torch.Tensor]:
             source = self.val_split()[0] if grid else self.splits.train
@@ -253,8 +271,8 @@ def evaluate_synthetic(
     """Train num_seeds fresh networks per architecture on (images [N,C,H,W], labels [N] or [N,K]) and test them.
 
     The learning rate is the artifact's learned lr when the protocol allows it, else the best of
-    protocol.lr_grid on a validation split, else protocol.lr. `cache` holds teachers and score baselines
-    (default: the user's cache folder); `ipc` is the storage budget the random-subset baseline gets
+    protocol.lr_grid on a validation split, else protocol.lr. `cache` holds teachers, score baselines and the
+    checkpoints of long training runs (default: the user's cache folder); `ipc` is the storage budget the random-subset baseline gets
     (default len(images) // num_classes).
     """
     device = splits.train.images.device
@@ -269,9 +287,10 @@ def evaluate_synthetic(
         start = time.perf_counter()
         lr, lr_source = ev.choose_lr(protocol, name, images, targets, mode, learned_lr)
         generator = make_generator(int(stable_hash([name, protocol.seeds], 8), 16), device)
+        resumed = ev.resumed_seconds
         nets = ev.fit(protocol, name, images, targets, mode, lr, generator)
         accuracies = ev.accuracy(nets, protocol)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start + ev.resumed_seconds - resumed
         result = EvalResult(name, protocol.seeds, accuracies, seconds, lr, label_type, protocol=protocol.name,
                             lr_source=lr_source)
         log.info("eval %s (%s, %s labels): %.2f ± %.2f %% over %d seeds (%.1f s)", name, protocol.name, label_type,

@@ -85,6 +85,7 @@ class EvalProtocol(TrainRecipe):
     test_batch_size: int = 1024
     vmap: bool | str = "auto"
     compile: bool | str = "auto"  # torch.compile the training forwards (auto: long runs on CPUs; see NetworkBatch)
+    checkpoint_minutes: float = 10.0  # save a training run's state this often (0 = never); a rerun resumes it
     label_source: str = "artifact"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     # --- fair scores and model selection
@@ -168,7 +169,8 @@ class EvalProtocol(TrainRecipe):
             if not 0 <= value <= 1:
                 raise DDBenchError(f"eval.{name} must be in [0, 1], got {value!r}.")
         for name, value in {"weight_decay": self.weight_decay, "teacher.weight_decay": self.teacher.weight_decay,
-                            "crop_padding": self.crop_padding, "seed_base": self.seed_base}.items():
+                            "crop_padding": self.crop_padding, "seed_base": self.seed_base,
+                            "checkpoint_minutes": self.checkpoint_minutes}.items():
             if value < 0:
                 raise DDBenchError(f"eval.{name} must be >= 0, got {value!r}.")
 
@@ -199,7 +201,7 @@ class EvalProtocol(TrainRecipe):
         """What determines a trained network's accuracy, apart from the model, the data, the lr and the seeds."""
         out = self.to_dict()
         for name in ("name", "models", "model_kwargs", "test_batch_size", "vmap", "compile", "scores", "score_weight",
-                     "ars_weight", "smoke", "num_seeds", "seed_base", "full_data", "learned_lr"):
+                     "ars_weight", "smoke", "num_seeds", "seed_base", "full_data", "learned_lr", "checkpoint_minutes"):
             out.pop(name, None)
         out.pop("teacher", None)  # added by the caller when a teacher produces the targets
         out["train_epochs"] = self.train_epochs

@@ -22,10 +22,11 @@ from tqdm.auto import tqdm
 
 from ddbench.methods.base import DistillResult, Method, register_method
 from ddbench.methods.dm import VOLATILE_OPTIONS, reinitialize
-from ddbench.methods.loopkit import Checkpointer, DivergenceGuard, MomentumSGD, image_step_done
+from ddbench.methods.loopkit import DivergenceGuard, MomentumSGD, image_step_done
 from ddbench.methods.options import MethodOptions, option
 from ddbench.models import create_model, feature_maps
 from ddbench.training import data_fingerprint
+from ddbench.training.checkpoint import Checkpointer
 
 
 def attention_map(activation: torch.Tensor, power: float) -> torch.Tensor:

@@ -1,20 +1,16 @@
 """The loop kit of iterative distillation methods (trajectory matching, DM, ...): momentum SGD on raw tensors,
-a device-side divergence guard that keeps the last good state, and checkpoints to resume an interrupted run."""
+a device-side divergence guard that keeps the last good state, and the bookkeeping after an image step (checkpoints
+themselves live in ddbench.training.checkpoint, shared with the trainer)."""
 
 from __future__ import annotations
 
-import logging
-import time
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ddbench.cache import Cache
 from ddbench.methods.base import DistillDiverged, DistillResult
-
-log = logging.getLogger(__name__)
-NEVER = ("false", "0", "no", "never")
+from ddbench.training.checkpoint import Checkpointer
 
 
 class MomentumSGD:
@@ -71,72 +67,6 @@ class DivergenceGuard:
         """The first bad iteration, or None (one host synchronisation)."""
         bad = int(self.bad_at)
         return bad if bad >= 0 else None
-
-
-class Checkpointer:
-    """Saves and restores a loop's tensors, momentum buffers and RNG states in the cache (kind "checkpoints").
-
-    resume: 'auto' resumes from a checkpoint of the same key when there is one; 'true' also warns when there is
-    none; 'false' starts over. every = 0 disables checkpoints.
-    """
-
-    def __init__(self, cache: Cache, key: dict[str, Any], every: int, resume: Any, generator: torch.Generator,
-                 global_rng: bool = False):
-        self.cache, self.key, self.every = cache, key, int(every or 0)
-        self.resume = str(resume).lower()
-        self.generator, self.global_rng = generator, global_rng
-        self.started, self.prior_seconds = time.perf_counter(), 0.0  # prior: the time of earlier, interrupted parts
-
-    def due(self, done: int, total: int) -> bool:
-        return bool(self.every) and done % self.every == 0 and done < total
-
-    def save(self, iteration: int, tensors: dict[str, Tensor | None], opts: dict[str, MomentumSGD]) -> None:
-        out = {k: v for k, v in tensors.items() if v is not None}
-        out.update({f"buf_{k}": o.buf for k, o in opts.items() if o.buf is not None})
-        out["iteration"] = torch.tensor(iteration)
-        out["generator"] = self.generator.get_state()
-        out["seconds"] = torch.tensor(self.prior_seconds + time.perf_counter() - self.started, dtype=torch.float64)
-        if self.global_rng:
-            out["global_rng"] = torch.get_rng_state()
-        self.cache.save("checkpoints", self.key, out)
-
-    def load(self, tensors: dict[str, Tensor | None], opts: dict[str, MomentumSGD], iterations: int
-             ) -> tuple[int, dict[str, Tensor]]:
-        """Restore `tensors` (in place) and `opts` from a matching checkpoint: (next iteration, what was stored)."""
-        if not self.every or self.resume in NEVER:
-            return 0, {}
-        path = self.cache.path("checkpoints", self.key)
-        if not path.is_file():
-            if self.resume == "true":
-                log.warning("resume=true but no checkpoint matches this configuration (looked for %s)", path)
-            return 0, {}
-        needed = ("iteration", "generator", *(k for k, v in tensors.items() if v is not None))
-        found = self.cache.load("checkpoints", self.key, required=needed)
-        if found is None:  # corrupted: the cache set it aside
-            return 0, {}
-        done = int(found["iteration"])
-        if done > iterations:
-            log.warning("checkpoint at iteration %d is past iterations=%d; starting over", done, iterations)
-            return 0, {}
-        with torch.no_grad():
-            for name, value in tensors.items():
-                if value is not None:
-                    value.copy_(found[name])
-        for name, opt in opts.items():
-            if f"buf_{name}" in found:
-                opt.buf = found[f"buf_{name}"].to(self.generator.device)
-        self.generator.set_state(found["generator"])
-        if self.global_rng:
-            torch.set_rng_state(found["global_rng"])
-        self.prior_seconds = float(found["seconds"]) if "seconds" in found else 0.0
-        log.info("resuming from the checkpoint at iteration %d (%s)", done, path)
-        return done, found
-
-    def clear(self) -> None:
-        if self.every:
-            path = self.cache.path("checkpoints", self.key)
-            if path.is_file():
-                path.unlink()
 
 
 def image_step_done(name: str, it: int, iterations: int, syn: Tensor, labels: Callable[[], Tensor],

@@ -22,11 +22,12 @@ from tqdm.auto import tqdm
 
 from ddbench.methods.base import DistillDiverged, DistillResult, Method
 from ddbench.methods.experts import ExpertSpec, build_template, load_or_train_experts
-from ddbench.methods.loopkit import Checkpointer, DivergenceGuard, MomentumSGD
+from ddbench.methods.loopkit import DivergenceGuard, MomentumSGD
 from ddbench.methods.options import MethodOptions, option
 from ddbench.methods.trajectory_init import correct_real_images, expert_soft_labels
 from ddbench.methods.unroll import Unroll, sample_rows, unroll_plain, unroll_recompute
 from ddbench.training import FlatModel, data_fingerprint
+from ddbench.training.checkpoint import Checkpointer
 from ddbench.utils import DDBenchError
 
 log = logging.getLogger(__name__)

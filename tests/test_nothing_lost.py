@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-import ddbench.methods.loopkit as loopkit_mod
+import ddbench.training.checkpoint as checkpoint_mod
 import ddbench.methods.trajectory as traj_mod
 from ddbench import pipeline
 from ddbench.artifact import Artifact, export_imagefolder, load_artifact, save_artifact
@@ -234,7 +234,7 @@ def test_a_resumed_run_counts_the_time_of_all_its_parts(splits, tmp_path, monkey
         clock["now"] += 10.0
         return clock["now"]
 
-    monkeypatch.setattr(loopkit_mod.time, "perf_counter", tick)
+    monkeypatch.setattr(checkpoint_mod.time, "perf_counter", tick)
     options = {"experts": dict(TINY_EXPERTS), "iterations": 4, "syn_steps": 3, "expert_epochs": 1,
                "max_start_epoch": 2, "lr_img": 10.0, "lr_lr": 1e-5, "lr_teacher": 0.01, "checkpoint_every": 2,
                "guard_every": 1, "log_every": 0}

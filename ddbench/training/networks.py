@@ -90,6 +90,14 @@ class NetworkBatch:
 
     __call__ = forward
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every network's parameters and buffers by name (the tensors themselves, to save or restore in place)."""
+        if self.vmapped:
+            return {**{f"param.{k}": v for k, v in self.params.items()},
+                    **{f"buffer.{k}": v for k, v in self.buffers.items()}}
+        return {f"net{i}.{k}": v for i, model in enumerate(self.models)
+                for k, v in model.state_dict(keep_vars=True).items()}
+
     def all_finite(self) -> torch.Tensor:
         """0-d bool tensor: every parameter of every network is finite."""
         return torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all()

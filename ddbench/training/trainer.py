@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddbench.data import ClassTensors
+from ddbench.training.checkpoint import Checkpointer, load_optimizer_tensors, optimizer_tensors
 from ddbench.training.draws import make_draws
 from ddbench.training.flat import gsam_gradient
 from ddbench.training.losses import hard_loss, kd_loss
@@ -73,12 +74,15 @@ def train(
     generator: torch.Generator | Sequence[torch.Generator],
     teacher: Teacher | None = None,
     progress: bool = False,
+    checkpoint: Checkpointer | None = None,
 ) -> None:
     """Train every network of `nets` with `recipe` (see the module docstring for shapes).
 
     generator: one torch.Generator for all networks, or one per network (see ddbench.training.draws).
     Every network draws its own data order, augmentation and mixing partners each step; the last partial
     batch is kept; no host synchronisation happens inside the loop.
+    checkpoint: where to save the training state between epochs when due (networks with `state_tensors()`);
+    a matching checkpoint is resumed, giving the same networks as an uninterrupted run; removed at the end.
     """
     _check(nets, images, targets, recipe, teacher)
     n_nets, device = len(nets), images.device
@@ -102,8 +106,14 @@ def train(
             return hard_loss(logits, t, lam, take(t, perm) if mixing else None)
         return kd_loss(logits, loss_targets, recipe.temperature, recipe.t2_scaling)
 
-    step = 0
-    for epoch in tqdm(range(recipe.epochs), desc=f"train {nets.name}", disable=not progress, leave=False):
+    start_epoch = 0
+    if checkpoint is not None:
+        start_epoch, found = checkpoint.load(nets.state_tensors(), None, recipe.epochs)
+        if start_epoch:  # the momentum reset, if any, happens in the loop as in an uninterrupted run
+            load_optimizer_tensors(optimizer, found)
+    step = start_epoch * steps
+    for epoch in tqdm(range(start_epoch, recipe.epochs), desc=f"train {nets.name}", disable=not progress,
+                      leave=False, initial=start_epoch, total=recipe.epochs):
         if epoch == reset_epoch and epoch > 0:
             optimizer = make_optimizer(recipe, params)
         order = draws.epoch(n, steps, tuple(images.shape[-3:]))
@@ -143,6 +153,10 @@ def train(
             step += 1
         if end_epoch is not None:
             end_epoch()
+        if checkpoint is not None and checkpoint.due(epoch + 1, recipe.epochs):
+            checkpoint.save(epoch + 1, {**nets.state_tensors(), **optimizer_tensors(optimizer)})
+    if checkpoint is not None:
+        checkpoint.clear()
 
 
 def _gsam_direction(nets, x: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor], recipe: TrainRecipe) -> None:
