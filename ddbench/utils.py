@@ -171,22 +171,30 @@ def tensor_digest(tensor: "torch.Tensor", length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
-# The packages whose files make up ddbench's code: their *.py and *.yaml files are fingerprinted.
+# The packages whose files make up ddbench's code: their *.py and *.yaml files are fingerprinted, except the
+# bookkeeping files listed per package (paths or folders relative to it), which cannot change what is computed:
+# record schema and rendering, the board launcher and the leaderboard command.
 CODE_PACKAGES = ("ddbench", "ddbench.methods", "ddbench.evaluation", "ddbench.conf")
+CODE_BOOKKEEPING = {"ddbench": ("records/", "board.py", "cli/board.py", "cli/leaderboard.py")}
 
 
 def code_fingerprint() -> str:
-    """A hash of ddbench's own source files (Python modules and config YAML, wherever installed, committed or not):
-    what a cached product that depends on the code itself, such as a distilled set, is keyed on."""
+    """A hash of ddbench's own source files (Python modules and config YAML, wherever installed, committed or not;
+    not CODE_BOOKKEEPING): what a cached product that depends on the code itself, such as a distilled set or a
+    training checkpoint, is keyed on."""
     import importlib
 
     digest = hashlib.sha256()
     for name in CODE_PACKAGES:
+        skipped = CODE_BOOKKEEPING.get(name, ())
         for folder in importlib.import_module(name).__path__:
             root = Path(folder)
             files = sorted(p for pattern in ("*.py", "*.yaml") for p in root.rglob(pattern) if "__pycache__" not in p.parts)
             for path in files:
-                digest.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
+                relative = path.relative_to(root).as_posix()
+                if any(relative == s or (s.endswith("/") and relative.startswith(s)) for s in skipped):
+                    continue
+                digest.update(f"{name}/{relative}\0".encode())
                 digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

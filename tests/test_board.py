@@ -291,3 +291,17 @@ def test_jobs_run_cells_side_by_side_with_their_share_of_threads():
     assert sorted(o.cell.label for o in outcomes) == sorted(c.label for c in cells(board)[0])
     assert all(o.status == "done" for o in outcomes)
     assert {t for _, t in seen} == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def test_a_shared_distillation_is_marked_in_the_seconds_table(tmp_path):
+    board = load_board("digits")
+    todo, _ = cells(board)
+    own = fake_record(todo[0].id)
+    shared = dict(fake_record("y", method="dm", ipc=10), distill_seconds=384.0, distill_reused=True)
+    render_leaderboard([own], tmp_path)
+    assert "†" not in (tmp_path / "README.md").read_text()
+    render_leaderboard([own, shared], tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert "384† + 2" in text and "| 1 + 2 |" in text  # only the reused cell carries the mark
+    assert "† the set was distilled once" in text
+    assert "shared with another protocol&#x27;s cell" in (tmp_path / "index.html").read_text()

@@ -88,6 +88,14 @@ def test_the_code_fingerprint_follows_the_source_files(tmp_path, monkeypatch):
     (package / "a.py").write_text("x = 2\n")
     assert utils.code_fingerprint() != before
     assert len(before) == 16
+    changed = utils.code_fingerprint()
+    (package / "notes").mkdir()
+    (package / "notes" / "render.py").write_text("y = 1\n")
+    (package / "launch.py").write_text("z = 1\n")
+    monkeypatch.setattr(utils, "CODE_BOOKKEEPING", {"fake_pkg": ("notes/", "launch.py")})
+    assert utils.code_fingerprint() == changed  # bookkeeping files do not count
+    (package / "more.py").write_text("w = 1\n")
+    assert utils.code_fingerprint() != changed
 
 
 def test_a_corrupted_cached_set_is_moved_aside_and_distilled_again(tmp_path, digits, counting, caplog):

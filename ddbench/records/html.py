@@ -169,7 +169,8 @@ def _provenance(r: Any) -> str:
     """Hover text of a number: seeds, times, the git commit and the exact command behind it."""
     parts = [f"{int(r.n_seeds)} seeds, {int(r.n_runs)} run(s)"]
     if _finite(r.distill_seconds):
-        parts.append(f"distill {r.distill_seconds:.1f} s")
+        parts.append(f"distill {r.distill_seconds:.1f} s" + (" (shared with another protocol's cell)"
+                                                             if getattr(r, "distill_reused", False) else ""))
     if _finite(r.eval_seconds):
         parts.append(f"eval {r.eval_seconds:.1f} s")
     parts.append(f"commit {r.git_commit or 'unknown'}")

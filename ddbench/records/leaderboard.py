@@ -26,6 +26,7 @@ COLUMNS = CELL_KEYS + [
     "n_seeds",
     "n_runs",
     "distill_seconds",  # mean over runs that report it; NaN when none do
+    "distill_reused",  # every run took its set from an earlier run's distillation (its seconds are that run's)
     "eval_seconds",
     "peak_gpu_memory_bytes",  # largest over runs that report it; NaN when none do
     "peak_cpu_memory_bytes",  # largest max RSS over runs that report it; NaN when none do
@@ -38,6 +39,7 @@ SCORE_COLUMNS = ("hlr", "ior", "lrs", "ars")
 COLUMNS += list(SCORE_COLUMNS)
 
 MISSING_CELL = "—"
+REUSED_MARK = "†"  # after a distillation time: the distillation was shared with another protocol's cell
 
 
 def _sort_key(row: dict[str, Any]) -> tuple:
@@ -99,6 +101,7 @@ def leaderboard_frame(records: Iterable[dict[str, Any]], include_shortened: bool
             n_seeds=len(pooled),
             n_runs=len(group),
             distill_seconds=_mean_or_nan(r.get("distill_seconds") for r in group),
+            distill_reused=all(bool(r.get("distill_reused")) for r in group),
             eval_seconds=_mean_or_nan(r.get("eval_seconds") for r in group),
             peak_gpu_memory_bytes=_max_or_nan(r.get("peak_gpu_memory_bytes") for r in group),
             peak_cpu_memory_bytes=_max_or_nan(r.get("peak_cpu_memory_bytes") for r in group),
@@ -162,7 +165,8 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
         for method, labels in methods
     ]
     times = {
-        (r.method, r.label_type, int(r.ipc)): _seconds(r.distill_seconds) + " + " + _seconds(r.eval_seconds)
+        (r.method, r.label_type, int(r.ipc)):
+            _seconds(r.distill_seconds) + (REUSED_MARK if r.distill_reused else "") + " + " + _seconds(r.eval_seconds)
         for r in convnet.itertuples()
     }
     time_rows = [[method, labels] + [times.get((method, labels, ipc), MISSING_CELL) for ipc in ipcs]
@@ -178,6 +182,9 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
     if notes:
         text += "\n\n" + "\n".join(f"- {_escape(n)}" for n in notes)
     text += "\n\nSeconds per cell (distill + evaluate, mean over runs):\n\n" + _table(header, time_rows, n_labels=2)
+    if convnet["distill_reused"].any():
+        text += (f"\n\n{REUSED_MARK} the set was distilled once for this method's cells of several protocols "
+                 "(`reuse_distilled`); the seconds are that distillation's, counted once in the compute total.")
     return text
 
 
