@@ -57,6 +57,14 @@ def test_a_second_run_with_another_protocol_reuses_the_set_and_its_distill_time(
     assert "reused_from" not in first.meta
 
 
+def test_how_a_run_is_watched_or_checkpointed_does_not_change_its_set(tmp_path, digits, counting):
+    pipeline.distill(config(tmp_path), digits, CPU)
+    watched = {"name": "dm", "iterations": 5, "checkpoint_every": 100, "resume": "false", "guard_every": 7,
+               "log_every": 0, "progress": False}
+    pipeline.distill(config(tmp_path, method=watched), digits, CPU)
+    assert counting.calls == 1
+
+
 @pytest.mark.parametrize("change", [{"seed": 1}, {"ipc": 2}, {"method": {"name": "dm", "iterations": 6}},
                                     {"model": {"name": "convnet", "width": 16}}, {"reuse_distilled": False}])
 def test_anything_that_changes_the_distillation_distills_again(tmp_path, digits, counting, change):
