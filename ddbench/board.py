@@ -361,8 +361,9 @@ fixed seeds; nothing is selected on the test set. Runs with `smoke=true` or a pr
 line are kept off these tables (`ddbench-leaderboard --include-shortened` shows them, labelled). The HTML version
 (`index.html`) shows the command and git commit behind every number on hover.
 
-Reproduce a board with `ddbench-board NAME` (it skips cells that already have records, so a killed run resumes;
-`--rerun` redoes them); `ddbench-board NAME --list` prints every cell's exact `ddbench-run` command.
+Reproduce a board with `ddbench-board NAME` (it skips cells that already have records, so a killed run resumes,
+and a killed cell continues from its last checkpoints; `--rerun` redoes them); `ddbench-board NAME --list` prints
+every cell's exact `ddbench-run` command.
 """
 
 
