@@ -93,6 +93,7 @@ class Cell:
     protocol: str
     args: tuple[str, ...]
     eval_models: tuple[str, ...]
+    scores: tuple[str, ...] = ()  # the protocol's fair scores (each one more training run per architecture)
 
     @property
     def id(self) -> str:
@@ -102,11 +103,22 @@ class Cell:
     def label(self) -> str:
         return f"{self.method} ipc{self.ipc} {self.protocol}"
 
-    def command(self, records: str | Path, output_root: str | Path, extra: Iterable[str] = ()) -> list[str]:
-        """The full ddbench-run argument list: the cell's args plus where its records and artifact go."""
+    def command(self, records: str | Path, output_root: str | Path, extra: Iterable[str] = (),
+                helper: bool = False) -> list[str]:
+        """The full ddbench-run argument list: the cell's args plus where its records and artifact go (with
+        helper=True: the command of a process that shares the cell's training runs, in a folder of its own)."""
         run_dir = Path(output_root) / self.board / f"{self.method}_ipc{self.ipc}_{self.protocol}_{self.id}"
+        if helper:
+            run_dir = run_dir / "helper"
         return [*self.args, f"board.name={self.board}", f"board.cell={self.id}", f"paths.records={records}",
-                f"hydra.run.dir={run_dir}", "progress=false", "reuse_distilled=true", *extra]
+                f"hydra.run.dir={run_dir}", "progress=false", "reuse_distilled=true", *extra,
+                *(["helper=true"] if helper else [])]
+
+    @property
+    def shareable(self) -> bool:
+        """Whether a helper process can take some of the cell's training runs: it evaluates on several
+        architectures, or its protocol's scores add runs beside the evaluation."""
+        return len(self.eval_models) > 1 or bool(self.scores)
 
     @property
     def distillation(self) -> tuple[str, ...]:
@@ -142,20 +154,25 @@ def load_board(name_or_path: str) -> Board:
     return Board.from_dict(data, source)
 
 
-def protocol_models(protocol: str) -> list[str]:
-    """The evaluation architectures a protocol YAML names (following its `defaults:` chain)."""
+def protocol_setting(protocol: str, key: str, default: Any = None) -> Any:
+    """A setting of a protocol YAML (following its `defaults:` chain), e.g. its `models` or `scores`."""
     folder = resources.files("ddbench.conf") / "eval"
     resource = folder / f"{protocol}.yaml"
     if not resource.is_file():
         names = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
         raise DDBenchError(f"unknown protocol {protocol!r} in the board; valid protocols: {', '.join(names)}.")
     data = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
-    if "models" in data:
-        return [str(m) for m in data["models"]]
+    if key in data:
+        return data[key]
     for parent in data.get("defaults") or []:
         if isinstance(parent, str) and parent != "_self_":
-            return protocol_models(parent)
-    return []
+            return protocol_setting(parent, key, default)
+    return default
+
+
+def protocol_models(protocol: str) -> list[str]:
+    """The evaluation architectures a protocol YAML names."""
+    return [str(m) for m in protocol_setting(protocol, "models", [])]
 
 
 def cells(board: Board) -> tuple[list[Cell], list[tuple[str, int, str, str]]]:
@@ -176,7 +193,8 @@ def cells(board: Board) -> tuple[list[Cell], list[tuple[str, int, str, str]]]:
                 if board.eval_models:
                     args.append("eval.models=[" + ",".join(board.eval_models) + "]")
                 args += [*board.overrides, *entry.overrides]
-                todo.append(Cell(board.name, method, ipc, protocol, tuple(args), tuple(models)))
+                scores = tuple(str(x) for x in protocol_setting(protocol, "scores", []) or [])
+                todo.append(Cell(board.name, method, ipc, protocol, tuple(args), tuple(models), scores))
     return todo, skipped
 
 
@@ -225,10 +243,12 @@ def last_error(text: str) -> str:
 
 
 def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: Iterable[str] = (),
-             timeout: float | None = None, log_dir: Path | None = None, threads: int | None = None) -> CellOutcome:
-    """Run one cell as its own ddbench-run process (with `threads` CPU threads when given); its output goes to
-    `log_dir/<cell>.log`."""
-    argv = run_command() + cell.command(records, output_root, extra)
+             timeout: float | None = None, log_dir: Path | None = None, threads: int | None = None,
+             helper: bool = False) -> CellOutcome:
+    """Run one cell as its own ddbench-run process (with `threads` CPU threads when given), or with helper=True a
+    process that shares the training runs of the cell's running process; its output goes to
+    `log_dir/<cell>.log` (`<cell>.helper.log`)."""
+    argv = run_command() + cell.command(records, output_root, extra, helper=helper)
     start = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
@@ -243,7 +263,8 @@ def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: It
     seconds = time.perf_counter() - start
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / f"{cell.method}_ipc{cell.ipc}_{cell.protocol}_{cell.id}.log").write_text(
+        suffix = ".helper.log" if helper else ".log"
+        (log_dir / f"{cell.method}_ipc{cell.ipc}_{cell.protocol}_{cell.id}{suffix}").write_text(
             " ".join(argv) + "\n\n" + output, encoding="utf-8")
     if code != 0:
         return CellOutcome(cell, "failed", seconds, last_error(output))
@@ -289,7 +310,9 @@ def run_board(
     """Run the board's missing cells in order (all with rerun=True); print progress and an ETA.
 
     jobs: cells run at once, each with cpu_count // jobs threads (on a CPU, small cells finish sooner side by
-    side than one after another with all threads each).
+    side than one after another with all threads each). A job with no cell left to start runs a helper for a
+    running cell that has training runs to share (several architectures, or score baselines): the helper trains
+    the runs the cell has not started and the cell takes their results from the cache.
     max_minutes: start no cell once the elapsed time plus the expected time of that cell would pass it (the
     expected time of a cell is the mean time of the cells already run by this call, or of this method's), and stop
     a cell still running when the budget ends (its cached experts, teachers and checkpoints let it resume).
@@ -315,9 +338,19 @@ def run_board(
 
     queue = list(enumerate(pending, start=1))
     running: dict[Future, tuple[int, Cell]] = {}
+    helpers: dict[Future, tuple[int, Cell]] = {}
+    helped: set[str] = set()
+
+    def timeout_now() -> float | None:
+        timeout = board.cell_timeout
+        if max_minutes is not None:  # a cell still running at the budget's end is stopped (it resumes)
+            left_s = max(1.0, 60 * max_minutes - (time.perf_counter() - began))
+            timeout = left_s if timeout is None else min(timeout, left_s)
+        return timeout
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         while queue or running:
-            while queue and len(running) < max(1, jobs):
+            while queue and len(running) + len(helpers) < max(1, jobs):
                 number, cell = queue[0]
                 elapsed = time.perf_counter() - began
                 if max_minutes is not None and (running or number > 1) and elapsed + expected(cell) > 60 * max_minutes:
@@ -326,18 +359,30 @@ def run_board(
                     queue.clear()
                     break
                 queue.pop(0)
-                timeout = board.cell_timeout
-                if max_minutes is not None:  # a cell still running at the budget's end is stopped (it resumes)
-                    left_s = max(1.0, 60 * max_minutes - elapsed)
-                    timeout = left_s if timeout is None else min(timeout, left_s)
                 echo(f"[{number}/{len(pending)}] {cell.label} ...")
-                future = pool.submit(runner, cell, records, output_root, extra, timeout=timeout, log_dir=log_dir,
+                future = pool.submit(runner, cell, records, output_root, extra, timeout=timeout_now(), log_dir=log_dir,
                                      threads=threads)
                 running[future] = (number, cell)
-            if not running:
+            # a job with no cell left to start helps a running cell with its training runs (one helper per cell)
+            for number, cell in list(running.values()):
+                if queue or len(running) + len(helpers) >= max(1, jobs):
+                    break
+                if cell.shareable and cell.id not in helped:
+                    helped.add(cell.id)
+                    echo(f"[{number}/{len(pending)}] {cell.label}: a helper process shares its training runs")
+                    future = pool.submit(runner, cell, records, output_root, extra, timeout=timeout_now(),
+                                         log_dir=log_dir, threads=threads, helper=True)
+                    helpers[future] = (number, cell)
+            if not running and not helpers:
                 break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            finished, _ = wait([*running, *helpers], return_when=FIRST_COMPLETED)
             for future in finished:
+                if future in helpers:
+                    number, cell = helpers.pop(future)
+                    helper_outcome = future.result()
+                    if helper_outcome.status != "done":  # the cell itself does any run the helper did not
+                        echo(f"[{number}/{len(pending)}] {cell.label}: its helper stopped: {helper_outcome.error}")
+                    continue
                 number, cell = running.pop(future)
                 outcome = future.result()
                 outcomes.append(outcome)

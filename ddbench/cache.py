@@ -3,7 +3,8 @@
 A product is a dict of tensors stored as safetensors under `<root>/<kind>/<key>.safetensors`, where the key is a
 hash of everything that produced it. Writes are atomic, so concurrent sweep jobs never see half a file, and a
 build holds a lock file (`<root>/.locks/<kind>/<key>.lock`, flock), so concurrent jobs that miss the same product
-wait for the first job's build and load it instead of building it again.
+wait for the first job's build and load it instead of building it again (or, with `wait=False`, get `Busy` and
+do other work meanwhile).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import torch
 from ddbench.utils import atomic_write_bytes, stable_hash
 
 log = logging.getLogger(__name__)
+
+
+class Busy(Exception):
+    """Another job holds the build lock of this product (raised by `building` and `get_or_create` with wait=False)."""
 
 
 def default_cache_root() -> Path:
@@ -79,8 +84,9 @@ class Cache:
         return path
 
     @contextmanager
-    def building(self, kind: str, key: dict[str, Any]) -> Iterator[None]:
-        """Hold the build lock of (kind, key) for the block; waits (logged) while another job holds it.
+    def building(self, kind: str, key: dict[str, Any], wait: bool = True) -> Iterator[None]:
+        """Hold the build lock of (kind, key) for the block; waits (logged) while another job holds it, or with
+        wait=False raises `Busy` at once.
 
         The lock is flock on `<root>/.locks/<kind>/<key>.lock`; the OS releases it when a job dies. Where locking is
         unavailable (no fcntl, a read-only cache folder) the block runs unlocked, as before.
@@ -101,6 +107,8 @@ class Cache:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if not wait:
+                    raise Busy(f"another job is building {kind} {path.stem}") from None
                 log.info("waiting for another job that is building %s %s", kind, path.stem)
                 fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -110,14 +118,15 @@ class Cache:
 
     def get_or_create(
         self, kind: str, key: dict[str, Any], build: Callable[[], dict[str, torch.Tensor]],
-        required: tuple[str, ...] = (),
+        required: tuple[str, ...] = (), wait: bool = True,
     ) -> dict[str, torch.Tensor]:
         """The cached product for `key`, building and storing it on a miss (or when the entry is corrupted).
-        Concurrent jobs with the same miss build it once: the others wait for the lock and load it."""
+        Concurrent jobs with the same miss build it once: the others wait for the lock and load it (or, with
+        wait=False, raise `Busy`)."""
         found = self.load(kind, key, required)
         if found is not None:
             return found
-        with self.building(kind, key):
+        with self.building(kind, key, wait):
             found = self.load(kind, key, required)  # built by another job while this one waited
             if found is not None:
                 return found

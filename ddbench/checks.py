@@ -39,9 +39,13 @@ def check_config(cfg: dict[str, Any], stage: str) -> None:
     """Everything about the run checkable without data: types, ranges, names, devices and writable folders."""
     assert stage in STAGES, stage
     check_int("seed", cfg.get("seed"), minimum=0)
-    for key in ("smoke", "progress", "write_records", "debug"):
+    for key in ("smoke", "progress", "write_records", "debug", "helper", "reuse_distilled"):
         if key in cfg:
             check_bool(key, cfg[key])
+    if cfg.get("helper") and (stage != "run" or not cfg.get("reuse_distilled")):
+        raise DDBenchError("helper=true shares the evaluation of a ddbench-run started with the same command, so it "
+                           "needs ddbench-run and reuse_distilled=true (the helper takes the set that run distills "
+                           "from the cache); add reuse_distilled=true to both commands.")
     resolve_device(cfg.get("device", "auto"))
     info = check_dataset(cfg["dataset"])
     check_model_name(cfg["model"].get("name"), "model.name")

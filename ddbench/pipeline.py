@@ -157,7 +157,7 @@ def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[
 
 # Top-level config keys that do not change what a method distills: runs that differ only in them share a set.
 NOT_DISTILL_KEYS = ("eval", "paths", "logger", "board", "progress", "debug", "write_records", "artifact",
-                    "reuse_distilled", "smoke_settings", "device")
+                    "reuse_distilled", "smoke_settings", "device", "helper")
 # Method options that only say how a run is watched or saved, never what it distills.
 NOT_DISTILL_METHOD_KEYS = ("progress", "resume", "checkpoint_every", "guard_every", "log_every")
 
@@ -238,6 +238,21 @@ def evaluate(cfg: dict[str, Any], artifact: Artifact, splits: Splits) -> list[Ev
     images, labels = artifact.training_set()  # a factorized artifact is materialised here
     return evaluate_synthetic(images, labels, splits, protocol, artifact.lr, progress=cfg.get("progress", False),
                               cache=Cache(cfg["paths"]["cache"]), ipc=int(artifact.ipc))
+
+
+def help_evaluate(cfg: dict[str, Any], splits: Splits, device: torch.device) -> None:
+    """helper=true: share the training runs of a run started with the same command (without helper=true), which
+    distills the set and writes the records. The helper first trains the score baselines that do not need the set,
+    then waits for the set in the cache and trains the evaluation runs nobody is running yet, last first; the main
+    run takes their results from the cache. It writes no artifact and no record."""
+    from ddbench.evaluation.evaluate import Evaluator
+
+    evaluator = Evaluator(splits, EvalProtocol.from_dict(cfg["eval"]), Cache(cfg["paths"]["cache"]),
+                          cfg.get("progress", False), helper=True)
+    evaluator.help_baselines(int(cfg["ipc"]))
+    artifact, _ = distill(cfg, splits, device)  # the main run's set: waits while it is being distilled
+    images, labels = artifact.training_set()
+    evaluator.help(images.to(device), labels.to(device), artifact.lr, int(artifact.ipc))
 
 
 def write_results(

@@ -12,13 +12,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from ddbench.cache import Cache
+from ddbench.cache import Busy, Cache
 from ddbench.data import ClassTensors, Splits
 from ddbench.training.networks import NetworkBatch, compile_wanted
+from ddbench.training.recipe import TrainRecipe
 from ddbench.training.trainer import test_accuracy, train
 from ddbench.evaluation.protocol import EvalProtocol
 from ddbench.evaluation.scores import seed_scores
@@ -28,6 +29,8 @@ from ddbench.training.checkpoint import Checkpointer
 from ddbench.utils import DDBenchError, code_fingerprint, make_generator, mean_std, stable_hash, tensor_digest
 
 log = logging.getLogger(__name__)
+FITS = "fits"  # cache kind of finished training runs' results
+FIT_RESULT = ("accuracies", "finite", "seconds")
 
 
 @dataclass
@@ -62,7 +65,8 @@ class Evaluator:
     static logits), 'teacher' (an online teacher relabels every augmented batch; kind kd only).
     """
 
-    def __init__(self, splits: Splits, protocol: EvalProtocol, cache: Cache | None = None, progress: bool = False):
+    def __init__(self, splits: Splits, protocol: EvalProtocol, cache: Cache | None = None, progress: bool = False,
+                 helper: bool = False):
         self.splits = splits
         self.protocol = protocol
         self.cache = cache or Cache()
@@ -70,7 +74,8 @@ class Evaluator:
         self.device = splits.train.images.device
         self._teacher: Teacher | None = None
         self._val: tuple[ClassTensors, ClassTensors] | None = None
-        self.resumed_seconds = 0.0  # seconds of earlier, interrupted parts of the fits resumed from checkpoints
+        self.helper = helper  # a helper process skips runs that another process is running (see `help`)
+        self.fit_seconds = 0.0  # training time of the runs so far; a resumed or reused run counts all its time
 
     # ------------------------------------------------------------------------------------- pieces
     @property
@@ -117,32 +122,69 @@ class Evaluator:
         return None
 
     def fit(self, protocol: EvalProtocol, name: str, images: torch.Tensor, targets: torch.Tensor | None,
-            mode: str, lr: float, generator: torch.Generator, check: bool = True) -> NetworkBatch:
-        """Fresh networks for protocol.seeds trained on (images, targets); raises if they diverge (check=True)."""
+            mode: str, lr: float, generator: torch.Generator, split: str = "test", check: bool = True
+            ) -> list[float] | None:
+        """Per-seed accuracy on `split` ('test', or 'val': the held-out part of train) of fresh networks for
+        protocol.seeds trained on (images, targets). Diverged networks (non-finite weights) raise with check=True
+        and give None with check=False.
+
+        With protocol.checkpoint_minutes > 0 the run saves checkpoints as it goes, and its result is kept in the
+        cache (kind "fits", with the seconds it took) under everything that determines it: a resumed evaluation,
+        a rerun or a helper process (see `help`) never trains the same networks twice. A helper gets `Busy` for a
+        run another process is training; everyone else waits for that run and takes its result.
+        """
         recipe = protocol.recipe(lr)
         steps = recipe.epochs * math.ceil(images.shape[-4] / recipe.batch_size)
         compiled = compile_wanted(protocol.compile, self.device, steps)
         kwargs = protocol.model_kwargs.get(name, {})
         nets = NetworkBatch(name, self.splits.info, protocol.seeds, self.device, vmap=protocol.vmap, compile=compiled,
                             **kwargs)
+        if protocol.checkpoint_minutes <= 0:
+            return self._train_and_test(protocol, nets, images, targets, mode, recipe, generator, split, check, None)
+        key = {"what": "eval_fit", "code": code_fingerprint(), "torch": torch.__version__,
+               "device": self.device.type, "model": name, "model_kwargs": kwargs, "seeds": protocol.seeds,
+               "recipe": recipe.to_dict(), "mode": mode, "images": tensor_digest(images),
+               "targets": None if targets is None else tensor_digest(targets),
+               "generator": tensor_digest(generator.get_state()), "vmap": nets.vmapped, "compile": compiled,
+               "teacher": self.teacher_key() if mode == "teacher" else None}
+        result_key = key | {"split": split}
+        found = self.cache.load(FITS, result_key, required=FIT_RESULT)
+        if found is None:
+            with self.cache.building(FITS, result_key, wait=not self.helper):
+                found = self.cache.load(FITS, result_key, required=FIT_RESULT)  # trained by another process
+                if found is None:
+                    checkpoint = Checkpointer(self.cache, key, every=1, resume="auto", generator=generator,
+                                              every_seconds=60 * protocol.checkpoint_minutes)
+                    return self._train_and_test(protocol, nets, images, targets, mode, recipe, generator, split,
+                                                check, checkpoint, result_key)
+        self.fit_seconds += float(found["seconds"])
+        return self._checked(name, lr, bool(found["finite"]), found["accuracies"].tolist(), check)
+
+    def _train_and_test(self, protocol: EvalProtocol, nets: NetworkBatch, images: torch.Tensor,
+                        targets: torch.Tensor | None, mode: str, recipe: TrainRecipe, generator: torch.Generator,
+                        split: str, check: bool, checkpoint: Checkpointer | None,
+                        result_key: dict[str, Any] | None = None) -> list[float] | None:
+        start = time.perf_counter()
         teacher = self.teacher if mode == "teacher" else None
-        checkpoint = None
-        if protocol.checkpoint_minutes > 0:
-            key = {"what": "eval_fit", "code": code_fingerprint(), "torch": torch.__version__,
-                   "device": self.device.type, "model": name, "model_kwargs": kwargs, "seeds": protocol.seeds,
-                   "recipe": recipe.to_dict(), "mode": mode, "images": tensor_digest(images),
-                   "targets": None if targets is None else tensor_digest(targets),
-                   "generator": tensor_digest(generator.get_state()), "vmap": nets.vmapped, "compile": compiled,
-                   "teacher": self.teacher_key() if mode == "teacher" else None}
-            checkpoint = Checkpointer(self.cache, key, every=1, resume="auto", generator=generator,
-                                      every_seconds=60 * protocol.checkpoint_minutes)
         train(nets, images, targets, recipe, generator, teacher=teacher, progress=self.progress, checkpoint=checkpoint)
-        if checkpoint is not None:
-            self.resumed_seconds += checkpoint.prior_seconds
-        if check and not bool(nets.all_finite()):
+        finite = bool(nets.all_finite())
+        data = self.val_split()[1] if split == "val" else self.splits.test  # the only place test images are read
+        accuracies = test_accuracy(nets, data, protocol.test_batch_size).tolist()
+        seconds = time.perf_counter() - start + (checkpoint.prior_seconds if checkpoint is not None else 0.0)
+        self.fit_seconds += seconds
+        if result_key is not None:
+            self.cache.save(FITS, result_key, {"accuracies": torch.tensor(accuracies), "finite": torch.tensor(finite),
+                                               "seconds": torch.tensor(seconds, dtype=torch.float64)})
+        return self._checked(nets.name, recipe.lr, finite, accuracies, check)
+
+    @staticmethod
+    def _checked(name: str, lr: float, finite: bool, accuracies: list[float], check: bool) -> list[float] | None:
+        if finite:
+            return accuracies
+        if check:
             raise DDBenchError(f"evaluation of {name} diverged (non-finite weights) with lr={lr}; "
                                "no record is written. Lower eval.lr or check the synthetic set.")
-        return nets
+        return None
 
     def choose_lr(self, protocol: EvalProtocol, name: str, images: torch.Tensor, targets: torch.Tensor | None,
                   mode: str, learned_lr: torch.Tensor | None = None) -> tuple[float, str]:
@@ -156,23 +198,17 @@ class Evaluator:
             return lr, "learned"
         if not protocol.lr_grid:
             return protocol.lr, "protocol"
-        _, val = self.val_split()
         val_acc = []
         for lr in protocol.lr_grid:
-            nets = self.fit(protocol, name, images, targets, mode, lr, _generator(["lr_grid", name, protocol.seeds, lr],
-                                                                                  self.device), check=False)
-            acc = -1.0
-            if bool(nets.all_finite()):
-                acc = float(test_accuracy(nets, val, protocol.test_batch_size).mean())
-            val_acc.append(acc)
+            accuracies = self.fit(protocol, name, images, targets, mode, lr,
+                                  _generator(["lr_grid", name, protocol.seeds, lr], self.device), split="val",
+                                  check=False)
+            val_acc.append(-1.0 if accuracies is None else sum(accuracies) / len(accuracies))
         lr = best_lr(protocol.lr_grid, val_acc)
-        log.info("lr of %s chosen on the validation split (%d images): %g (val accuracy %s)", name, len(val), lr,
+        log.info("lr of %s chosen on the validation split (%d images): %g (val accuracy %s)", name,
+                 len(self.val_split()[1]), lr,
                  ", ".join(f"{g:g}: {100 * a:.1f} %" for g, a in zip(protocol.lr_grid, val_acc)))
         return lr, "grid"
-
-    def accuracy(self, nets: NetworkBatch, protocol: EvalProtocol) -> list[float]:
-        """Test accuracy per seed: the only place the test split is read."""
-        return test_accuracy(nets, self.splits.test, protocol.test_batch_size).tolist()
 
     # ------------------------------------------------------------------------------------ baselines
     def full_data_accuracy(self, name: str) -> list[float]:
@@ -187,11 +223,11 @@ class Evaluator:
 
         def build() -> dict[str, torch.Tensor]:
             train = self.splits.train
-            nets = self.fit(proto, name, train.images, train.labels, "hard", lr,
-                            _generator(["full_hard", name, proto.seeds], self.device))
-            return {"accuracies": torch.tensor(self.accuracy(nets, proto))}
+            return {"accuracies": torch.tensor(self.fit(proto, name, train.images, train.labels, "hard", lr,
+                                                        _generator(["full_hard", name, proto.seeds], self.device)))}
 
-        return self.cache.get_or_create("baselines", key, build, required=("accuracies",))["accuracies"].tolist()
+        return self.cache.get_or_create("baselines", key, build, required=("accuracies",),
+                                        wait=not self.helper)["accuracies"].tolist()
 
     def random_subsets(self, ipc: int, seeds: list[int], source: ClassTensors) -> tuple[torch.Tensor, torch.Tensor]:
         """One random real subset of ipc images per class for each seed: images [S,ipc*K,C,H,W], labels [S,ipc*K]."""
@@ -223,39 +259,116 @@ class Evaluator:
             images, labels = self.random_subsets(ipc, protocol.seeds, source)
             targets = self.targets(mode, images, labels)
             chosen = self.choose_lr(protocol, name, images, targets, mode)[0] if grid else lr
-            nets = self.fit(protocol, name, images, targets, mode, chosen,
-                            _generator(["random", name, protocol.seeds, ipc], self.device))
-            return {"accuracies": torch.tensor(self.accuracy(nets, protocol))}
+            return {"accuracies": torch.tensor(self.fit(protocol, name, images, targets, mode, chosen,
+                                                        _generator(["random", name, protocol.seeds, ipc], self.device)))}
 
-        return self.cache.get_or_create("baselines", key, build, required=("accuracies",))["accuracies"].tolist()
+        return self.cache.get_or_create("baselines", key, build, required=("accuracies",),
+                                        wait=not self.helper)["accuracies"].tolist()
+
+    def score_parts(self, name: str, images: torch.Tensor, labels: torch.Tensor, mode: str, lr: float,
+                    lr_source: str, ipc: int) -> dict[str, Callable[[], list[float]]]:
+        """The runs behind the protocol's fair scores for `name`: part name → a call returning per-seed accuracy
+        (syn_hard is left out when the evaluation itself is the hard-label run)."""
+        p = self.protocol
+        wanted = set(p.scores)
+        parts: dict[str, Callable[[], list[float]]] = {}
+        if wanted & {"hlr", "lrs"}:
+            if not (mode == "hard" and not (p.mixup or p.cutmix)):
+                def syn_hard() -> list[float]:
+                    hard = p.hard_variant()
+                    hard_targets = self.targets("hard", images, labels)
+                    hard_lr = self.choose_lr(hard, name, images, hard_targets, "hard")[0] if lr_source == "grid" else lr
+                    return self.fit(hard, name, images, hard_targets, "hard", hard_lr,
+                                    _generator(["syn_hard", name, p.seeds], self.device))
+                parts["syn_hard"] = syn_hard
+            parts["full_hard"] = lambda: self.full_data_accuracy(name)
+        if wanted & {"ior", "lrs", "ars"}:
+            parts["random"] = lambda: self.random_accuracy(name, p, mode, ipc)
+        if "ars" in wanted:
+            plain = p.without_augmentation()
+
+            def syn_noaug() -> list[float]:
+                targets = self.targets(mode, images, labels)
+                plain_lr = self.choose_lr(plain, name, images, targets, mode)[0] if lr_source == "grid" else lr
+                return self.fit(plain, name, images, targets, mode, plain_lr,
+                                _generator(["syn_noaug", name, p.seeds], self.device))
+            parts["syn_noaug"] = syn_noaug
+            parts["random_noaug"] = lambda: self.random_accuracy(name, plain, mode, ipc)
+        return parts
 
     def scores(self, name: str, images: torch.Tensor, labels: torch.Tensor, mode: str, lr: float, lr_source: str,
                syn: list[float], ipc: int) -> dict[str, float]:
         p = self.protocol
-        wanted = set(p.scores)
-        parts: dict[str, list[float]] = {}
-        if wanted & {"hlr", "lrs"}:
-            if mode == "hard" and not (p.mixup or p.cutmix):
-                parts["syn_hard"] = syn  # the run itself is the hard-label run
-            else:
-                hard = p.hard_variant()
-                hard_targets = self.targets("hard", images, labels)
-                hard_lr = self.choose_lr(hard, name, images, hard_targets, "hard")[0] if lr_source == "grid" else lr
-                nets = self.fit(hard, name, images, hard_targets, "hard", hard_lr,
-                                _generator(["syn_hard", name, p.seeds], self.device))
-                parts["syn_hard"] = self.accuracy(nets, hard)
-            parts["full_hard"] = self.full_data_accuracy(name)
-        if wanted & {"ior", "lrs", "ars"}:
-            parts["random"] = self.random_accuracy(name, p, mode, ipc)
-        if "ars" in wanted:
-            plain = p.without_augmentation()
-            targets = self.targets(mode, images, labels)
-            plain_lr = self.choose_lr(plain, name, images, targets, mode)[0] if lr_source == "grid" else lr
-            nets = self.fit(plain, name, images, targets, mode, plain_lr,
-                            _generator(["syn_noaug", name, p.seeds], self.device))
-            parts["syn_noaug"] = self.accuracy(nets, plain)
-            parts["random_noaug"] = self.random_accuracy(name, plain, mode, ipc)
+        parts = {part: run() for part, run in self.score_parts(name, images, labels, mode, lr, lr_source, ipc).items()}
+        if {"hlr", "lrs"} & set(p.scores):
+            parts.setdefault("syn_hard", syn)  # the run itself is the hard-label run
         return seed_scores(p.scores, syn=syn, weight=p.score_weight, ars_weight=p.ars_weight, **parts)
+
+    # ----------------------------------------------------------------------------------- evaluation
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, learned_lr: torch.Tensor | None,
+                 ipc: int) -> list[EvalResult]:
+        """One result per architecture of the protocol (see `evaluate_synthetic`)."""
+        protocol = self.protocol
+        mode = self.label_mode(protocol, labels)
+        targets = self.targets(mode, images, labels)
+        label_type = "hard" if mode == "hard" else "soft"
+        results = []
+        for name in protocol.models:
+            before = self.fit_seconds
+            lr, lr_source = self.choose_lr(protocol, name, images, targets, mode, learned_lr)
+            accuracies = self.fit(protocol, name, images, targets, mode, lr, self.main_generator(name))
+            seconds = self.fit_seconds - before
+            result = EvalResult(name, protocol.seeds, accuracies, seconds, lr, label_type, protocol=protocol.name,
+                                lr_source=lr_source)
+            log.info("eval %s (%s, %s labels): %.2f ± %.2f %% over %d seeds (%.1f s)", name, protocol.name, label_type,
+                     100 * result.mean, 100 * result.std, len(accuracies), seconds)
+            if protocol.scores:
+                start = time.perf_counter()
+                result.scores = self.scores(name, images, labels, mode, lr, lr_source, accuracies, ipc)
+                log.info("scores %s: %s (%.1f s)", name, ", ".join(
+                    f"{k} {result.scores[k]:.4f}" for k in protocol.scores), time.perf_counter() - start)
+            results.append(result)
+        return results
+
+    def main_generator(self, name: str) -> torch.Generator:
+        return make_generator(int(stable_hash([name, self.protocol.seeds], 8), 16), self.device)
+
+    # ------------------------------------------------------------------------------ helper processes
+    def attempt(self, what: str, work: Callable[[], Any]) -> None:
+        """Run `work` unless another process is already running a training run it needs (a helper moves on)."""
+        try:
+            work()
+        except Busy:
+            log.info("helper: %s is being run by another process; moving on", what)
+
+    def help_baselines(self, ipc: int) -> None:
+        """A helper's work before the distilled set exists: the score baselines that do not depend on it."""
+        p = self.protocol
+        mode = None if p.label_source == "artifact" else self.label_mode(p, self.splits.train.labels)
+        for name in reversed(p.models):
+            if {"hlr", "lrs"} & set(p.scores):
+                self.attempt(f"the full-data run of {name}", lambda: self.full_data_accuracy(name))
+            if mode is not None and {"ior", "lrs", "ars"} & set(p.scores):
+                self.attempt(f"the random-subset run of {name}", lambda: self.random_accuracy(name, p, mode, ipc))
+
+    def help(self, images: torch.Tensor, labels: torch.Tensor, learned_lr: torch.Tensor | None, ipc: int) -> None:
+        """A helper's share of `evaluate`: the same training runs in reverse order (last architecture first, its
+        score runs before its evaluation), skipping those another process is running; results go to the cache,
+        where the main process finds them. Returns when no run is left that nobody holds."""
+        protocol = self.protocol
+        mode = self.label_mode(protocol, labels)
+        targets = self.targets(mode, images, labels)
+        for name in reversed(protocol.models):
+            chosen: list[tuple[float, str]] = []
+            self.attempt(f"the lr choice of {name}",
+                         lambda: chosen.append(self.choose_lr(protocol, name, images, targets, mode, learned_lr)))
+            if not chosen:
+                continue
+            lr, source = chosen[0]
+            for part, run in reversed(self.score_parts(name, images, labels, mode, lr, source, ipc).items()):
+                self.attempt(f"the {part} run of {name}", run)
+            self.attempt(f"the evaluation of {name}",
+                         lambda: self.fit(protocol, name, images, targets, mode, lr, self.main_generator(name)))
 
 
 def evaluate_synthetic(
@@ -272,33 +385,11 @@ def evaluate_synthetic(
 
     The learning rate is the artifact's learned lr when the protocol allows it, else the best of
     protocol.lr_grid on a validation split, else protocol.lr. `cache` holds teachers, score baselines and the
-    checkpoints of long training runs (default: the user's cache folder); `ipc` is the storage budget the random-subset baseline gets
-    (default len(images) // num_classes).
+    checkpoints and results of long training runs (default: the user's cache folder); `ipc` is the storage budget
+    the random-subset baseline gets (default len(images) // num_classes). A result's seconds are the training time
+    of its lr choice and evaluation (with the time of earlier, interrupted or reused parts).
     """
     device = splits.train.images.device
     images, labels = images.to(device), labels.to(device)
-    ev = Evaluator(splits, protocol, cache, progress)
-    mode = ev.label_mode(protocol, labels)
-    targets = ev.targets(mode, images, labels)
-    label_type = "hard" if mode == "hard" else "soft"
     ipc = int(ipc or max(1, len(images) // splits.info.num_classes))
-    results = []
-    for name in protocol.models:
-        start = time.perf_counter()
-        lr, lr_source = ev.choose_lr(protocol, name, images, targets, mode, learned_lr)
-        generator = make_generator(int(stable_hash([name, protocol.seeds], 8), 16), device)
-        resumed = ev.resumed_seconds
-        nets = ev.fit(protocol, name, images, targets, mode, lr, generator)
-        accuracies = ev.accuracy(nets, protocol)
-        seconds = time.perf_counter() - start + ev.resumed_seconds - resumed
-        result = EvalResult(name, protocol.seeds, accuracies, seconds, lr, label_type, protocol=protocol.name,
-                            lr_source=lr_source)
-        log.info("eval %s (%s, %s labels): %.2f ± %.2f %% over %d seeds (%.1f s)", name, protocol.name, label_type,
-                 100 * result.mean, 100 * result.std, len(accuracies), seconds)
-        if protocol.scores:
-            start = time.perf_counter()
-            result.scores = ev.scores(name, images, labels, mode, lr, lr_source, accuracies, ipc)
-            log.info("scores %s: %s (%.1f s)", name, ", ".join(
-                f"{k} {result.scores[k]:.4f}" for k in protocol.scores), time.perf_counter() - start)
-        results.append(result)
-    return results
+    return Evaluator(splits, protocol, cache, progress).evaluate(images, labels, learned_lr, ipc)

@@ -203,6 +203,8 @@ def hydra_cases() -> list[Case]:
     add("progress-not-bool", "progress=2", expect=("progress", "2"))
     add("write-records-not-bool", "write_records=yes", expect=("write_records", "yes"))
     add("debug-not-bool", "debug=maybe", expect=("debug", "maybe"))
+    add("helper-not-bool", "helper=1", expect=("helper", "1"))
+    add("helper-without-reuse", "helper=true", expect=("helper=true", "reuse_distilled=true"))
     # names of config groups and keys
     add("unknown-method", "method=nope", expect=("method/nope", "random"), base=("dataset=digits", "smoke=true"))
     add("unknown-dataset-group", "dataset=nope", expect=("dataset/nope", "digits"), base=("method=random",))

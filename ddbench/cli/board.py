@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an override for every cell that does not change what it computes, e.g. device=cuda "
                              "or paths.cache=DIR")
     parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="cells run at once, each with cores/N threads (default 1)")
+                        help="cells run at once, each with cores/N threads (default 1); a job with no cell left to "
+                             "start helps a running cell with its training runs (helper=true)")
     parser.add_argument("--list", action="store_true", help="print the cells and their state, run nothing")
     parser.add_argument("--no-render", action="store_true", help="do not render the leaderboard at the end")
     return parser

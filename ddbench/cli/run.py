@@ -1,4 +1,8 @@
-"""ddbench-run: distill, save the artifact, evaluate, write records, print a summary row per eval model."""
+"""ddbench-run: distill, save the artifact, evaluate, write records, print a summary row per eval model.
+
+With helper=true (and reuse_distilled=true), a second ddbench-run of the same command shares the first one's
+training runs instead (see ddbench.pipeline.help_evaluate).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ def run(cfg: dict[str, Any]) -> float:
     pipeline.check_method(cfg)
     device = pipeline.pick_device(cfg)
     splits = pipeline.load_splits(cfg, device)
+    if cfg.get("helper"):
+        pipeline.help_evaluate(cfg, splits, device)
+        print("helper: no training run is left that another process is not running or has not finished")
+        return float("nan")
     logger = open_logger(cfg["logger"], cfg, cfg["paths"]["output"])
     try:
         artifact, seconds = pipeline.distill(cfg, splits, device)
