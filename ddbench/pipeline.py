@@ -20,6 +20,7 @@ from ddbench.evaluation import EvalProtocol, EvalResult, evaluate_synthetic
 from ddbench.methods import DistillResult, MethodOptions, create_method
 from ddbench.methods import method_options as resolve_method_options
 from ddbench.methods.base import DistillDiverged
+from ddbench.methods.options import RUN_CONTROL_OPTIONS
 from ddbench.records import make_record, write_record
 from ddbench.utils import (
     DDBenchError, code_fingerprint, device_name, peak_memory_bytes, peak_rss_bytes, resolve_device, seed_everything,
@@ -158,8 +159,6 @@ def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[
 # Top-level config keys that do not change what a method distills: runs that differ only in them share a set.
 NOT_DISTILL_KEYS = ("eval", "paths", "logger", "board", "progress", "debug", "write_records", "artifact",
                     "reuse_distilled", "smoke_settings", "device", "helper")
-# Method options that only say how a run is watched or saved, never what it distills.
-NOT_DISTILL_METHOD_KEYS = ("progress", "resume", "checkpoint_every", "guard_every", "log_every")
 
 
 def distill_key(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -167,7 +166,7 @@ def distill_key(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
     reductions are already applied to it), the kind of device, the torch version and ddbench's code (a hash of its
     source files, so any change to them, committed or not, distills again)."""
     settings = {k: v for k, v in cfg.items() if k not in NOT_DISTILL_KEYS}
-    settings["method"] = {k: v for k, v in cfg["method"].items() if k not in NOT_DISTILL_METHOD_KEYS}
+    settings["method"] = {k: v for k, v in cfg["method"].items() if k not in RUN_CONTROL_OPTIONS}
     return {"what": "distilled", "settings": settings, "device": device.type, "code": code_fingerprint(),
             "torch": torch.__version__}
 

@@ -17,14 +17,14 @@ from tqdm.auto import tqdm
 
 from ddbench.methods.base import DistillResult, Method, register_method
 from ddbench.methods.loopkit import DivergenceGuard, MomentumSGD, image_step_done
-from ddbench.methods.options import MethodOptions, option
+from ddbench.methods.options import RUN_CONTROL_OPTIONS, MethodOptions, option
 from ddbench.models import create_model
 from ddbench.training import data_fingerprint
 from ddbench.training.chunked import ChunkPlan, Footprint, augmented_forward, batch_coupled, class_means, memory_budget
 from ddbench.training.checkpoint import Checkpointer
 
 # options that do not change the result (memory_budget_mb only changes chunking, exact up to float rounding)
-VOLATILE_OPTIONS = ("progress", "resume", "checkpoint_every", "guard_every", "iterations", "memory_budget_mb")
+VOLATILE_OPTIONS = (*RUN_CONTROL_OPTIONS, "iterations", "memory_budget_mb")
 
 
 def reinitialize(model: torch.nn.Module) -> None:

@@ -15,6 +15,11 @@ from typing import Any
 
 from ddbench.utils import DDBenchError
 
+# Options that only say how a run is watched, checked or saved, never what it computes: left out of the keys of
+# distilled sets (ddbench.pipeline.distill_key) and of checkpoints (which also leave out `iterations`, so a run can
+# be continued to more iterations).
+RUN_CONTROL_OPTIONS = ("progress", "resume", "checkpoint_every", "guard_every", "log_every")
+
 
 def option(default: Any = None, *, low: float | None = None, positive: bool = False,
            choices: tuple[Any, ...] | None = None, factory: Any = None) -> Any:

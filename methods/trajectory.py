@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ddbench.methods.base import DistillDiverged, DistillResult, Method
 from ddbench.methods.experts import ExpertSpec, build_template, load_or_train_experts
 from ddbench.methods.loopkit import DivergenceGuard, MomentumSGD
-from ddbench.methods.options import MethodOptions, option
+from ddbench.methods.options import RUN_CONTROL_OPTIONS, MethodOptions, option
 from ddbench.methods.trajectory_init import correct_real_images, expert_soft_labels
 from ddbench.methods.unroll import Unroll, sample_rows, unroll_plain, unroll_recompute
 from ddbench.training import FlatModel, data_fingerprint
@@ -35,8 +35,7 @@ log = logging.getLogger(__name__)
 UNROLLS = ("plain", "recompute")
 INITS = ("real", "noise", "correct_real")
 LABELS = ("hard", "soft")
-# Options that change how a run is executed or reported, not what it computes (left out of checkpoint keys).
-VOLATILE_OPTIONS = ("progress", "resume", "checkpoint_every", "guard_every", "log_every", "iterations")
+VOLATILE_OPTIONS = (*RUN_CONTROL_OPTIONS, "iterations")  # left out of checkpoint keys
 
 
 def matching_loss(student: Tensor, start: Tensor, target: Tensor) -> Tensor:

@@ -114,7 +114,7 @@ def test_a_killed_evaluation_resumes_and_reports_the_same_accuracy_and_all_its_t
 
     with caplog.at_level(logging.INFO, logger="ddbench"):
         resumed = evaluate_synthetic(images, labels, splits, protocol(), cache=cache)[0]
-    assert "resuming from the checkpoint at iteration 3" in caplog.text
+    assert "resuming from the checkpoint at epoch 3" in caplog.text
     assert resumed.accuracies == plain.accuracies
     assert resumed.seconds >= first_part
     assert checkpoints(cache.root) == []

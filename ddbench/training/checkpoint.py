@@ -29,17 +29,19 @@ class Checkpointer:
     every: iterations (or epochs) between checkpoints, 0 = never. every_seconds: also wait at least this long
     since the last save (or the start), so fast loops write none and slow ones one every few minutes.
     resume: 'auto' resumes from a checkpoint of the same key when there is one; 'true' also warns when there is
-    none; 'false' starts over. generator: one generator or one per network. opts: objects with a `.buf` tensor
-    (MomentumSGD); anything else is passed as tensors.
+    none; 'false' starts over. unit: what `every` counts (iteration or epoch), for the log. generator: one
+    generator or one per network. opts: objects with a `.buf` tensor (MomentumSGD); anything else is passed as
+    tensors.
     """
 
     def __init__(self, cache: Cache, key: dict[str, Any], every: int, resume: Any,
                  generator: torch.Generator | Sequence[torch.Generator], global_rng: bool = False,
-                 every_seconds: float = 0.0):
+                 every_seconds: float = 0.0, unit: str = "iteration"):
         self.cache, self.key, self.every = cache, key, int(every or 0)
         self.resume = str(resume).lower()
         self.generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
         self.global_rng, self.every_seconds = global_rng, float(every_seconds)
+        self.unit = unit  # what the loop counts, for the log: iteration | epoch
         self.started = self.last_save = time.perf_counter()
         self.prior_seconds = 0.0  # the time of earlier, interrupted parts
 
@@ -96,7 +98,7 @@ class Checkpointer:
         if self.global_rng:
             torch.set_rng_state(found["global_rng"])
         self.prior_seconds = float(found["seconds"]) if "seconds" in found else 0.0
-        log.info("resuming from the checkpoint at iteration %d (%s)", done, path)
+        log.info("resuming from the checkpoint at %s %d (%s)", self.unit, done, path)
         return done, found
 
     def clear(self) -> None:
