@@ -242,6 +242,9 @@ def last_error(text: str) -> str:
     return (errors or lines or ["(no output)"])[-1][:500]
 
 
+STOP_GRACE_SECONDS = 120.0  # how long a cell stopped at its timeout may take to save its checkpoint
+
+
 def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: Iterable[str] = (),
              timeout: float | None = None, log_dir: Path | None = None, threads: int | None = None,
              helper: bool = False) -> CellOutcome:
@@ -253,12 +256,19 @@ def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: It
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
-        output, code = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as err:
-        output = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
-        output += f"\nerror: the cell ran longer than its timeout of {timeout:g} s and was stopped."
+        output, _ = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the run saves a checkpoint at the end of its current epoch, then stops
+        try:
+            output, _ = proc.communicate(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+        output = (output or "") + (f"\nerror: the cell ran longer than its timeout of {timeout:g} s and was stopped "
+                                   "(run the board again to continue it from its checkpoints).")
         code = -1
     seconds = time.perf_counter() - start
     if log_dir is not None:

@@ -305,3 +305,21 @@ def test_a_shared_distillation_is_marked_in_the_seconds_table(tmp_path):
     assert "384† + 2" in text and "| 1 + 2 |" in text  # only the reused cell carries the mark
     assert "† the set was distilled once" in text
     assert "shared with another protocol&#x27;s cell" in (tmp_path / "index.html").read_text()
+
+
+def test_a_cell_past_its_timeout_gets_sigterm_first_so_it_can_save_a_checkpoint(tmp_path, monkeypatch):
+    import ddbench.board as board_mod
+
+    script = ("import signal, sys, time\n"
+              "def stop(*_):\n"
+              "    print('saved a checkpoint', flush=True); sys.exit(143)\n"
+              "signal.signal(signal.SIGTERM, stop)\n"
+              "print('ready', flush=True)\n"
+              "time.sleep(60)\n")
+    monkeypatch.setattr(board_mod, "run_command", lambda: [sys.executable, "-c", script])
+    cell = board_mod.cells(small_board())[0][0]
+    outcome = board_mod.run_cell(cell, tmp_path / "records", tmp_path / "out", timeout=3, log_dir=tmp_path / "logs")
+    assert outcome.status == "failed" and outcome.seconds < 30
+    assert "timeout" in outcome.error
+    (log,) = (tmp_path / "logs").iterdir()
+    assert "saved a checkpoint" in log.read_text()

@@ -166,3 +166,54 @@ def test_checkpoints_wait_for_their_interval(splits, tmp_path, monkeypatch):
 def test_a_negative_checkpoint_interval_is_refused_with_the_fix():
     with pytest.raises(DDBenchError, match="eval.checkpoint_minutes must be >= 0"):
         EvalProtocol.from_dict({"checkpoint_minutes": -1})
+
+
+def test_sigterm_saves_a_checkpoint_at_the_end_of_the_epoch_and_the_rerun_continues(splits, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from ddbench.cli import app
+
+    recipe = TrainRecipe(epochs=5, batch_size=64, **RECIPES["dc"])
+    images, labels = splits.train.images, splits.train.labels
+
+    def run(cache: Cache) -> NetworkBatch:
+        nets = NetworkBatch("convnet", splits.info, [0, 1], torch.device("cpu"), width=8, depth=2, norm="batchnorm")
+        generator = torch.Generator().manual_seed(7)
+        ckpt = Checkpointer(cache, {"run": "term"}, 1, "auto", generator, every_seconds=1e9, unit="epoch")
+        train(nets, images, labels, recipe, generator, checkpoint=ckpt)
+        return nets
+
+    plain = run(Cache(tmp_path / "plain")).state_tensors()
+    original = Checkpointer.due
+
+    def due(self, done, total):
+        if done == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill`, a cluster's time limit or the board's timeout
+        return original(self, done, total)
+
+    previous = signal.signal(signal.SIGTERM, app._terminate)
+    monkeypatch.setattr(Checkpointer, "due", due)
+    cache = Cache(tmp_path / "killed")
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run(cache)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped.value.code == 143
+    (saved,) = checkpoints(cache.root)
+    assert int(load_file(str(saved))["iteration"]) == 2  # saved at once, not after the 1e9 s interval
+    monkeypatch.undo()
+    resumed = run(cache).state_tensors()
+    for name in plain:
+        assert torch.equal(plain[name], resumed[name]), name
+
+
+def test_without_a_loop_that_can_save_sigterm_stops_at_once():
+    import signal
+
+    from ddbench.cli import app
+
+    with pytest.raises(SystemExit) as stopped:
+        app._terminate(signal.SIGTERM, None)
+    assert stopped.value.code == 143

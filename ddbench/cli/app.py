@@ -3,7 +3,9 @@
 Errors: a bad input (DDBenchError, a config the composer refuses, a bad override) ends in one `error: ...` line
 and exit code 2; anything else in one `error: internal error ...` line and exit code 1. The full traceback is shown
 with HYDRA_FULL_ERROR=1 or the key debug=true. In a sweep (-m) a failed job is logged and the others go on; at the
-end the failed jobs are listed and the command exits with 1.
+end the failed jobs are listed and the command exits with 1. SIGTERM (a cluster's time limit, `kill`,
+ddbench-board's --max-minutes) lets a loop with checkpoints save one at the end of its current iteration or epoch
+and exits with 143; rerunning the command continues from there.
 """
 
 from __future__ import annotations
@@ -131,7 +133,17 @@ _failure: list[BaseException] = []  # the error of a single (non-sweep) run
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds, so half-written files are removed
+    """SIGTERM: a loop with checkpoints saves one at the end of its current iteration and then stops; otherwise
+    (or at a second SIGTERM) stop now. Either way the stack unwinds, so half-written files are removed."""
+    from ddbench.training.checkpoint import request_stop
+
+    if signum == signal.SIGTERM and not _terminating and request_stop():
+        _terminating.append(signum)
+        return
+    raise SystemExit(128 + signum)
+
+
+_terminating: list[int] = []
 
 
 def run_cli(app: Callable[[], Any]) -> Any:
@@ -144,6 +156,7 @@ def run_cli(app: Callable[[], Any]) -> Any:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises; the error is printed here
     SweepReport.failed = []
     _failure.clear()
+    _terminating.clear()
     try:
         result = app()
         if _failure:

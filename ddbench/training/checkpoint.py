@@ -21,6 +21,21 @@ from ddbench.cache import Cache
 log = logging.getLogger(__name__)
 NEVER = ("false", "0", "no", "never")
 KIND = "checkpoints"
+STOPPED_EXIT_CODE = 143  # 128 + SIGTERM
+_running: set[int] = set()  # the checkpointers of loops under way (between load and clear)
+_stop = {"requested": False}
+
+
+def request_stop() -> bool:
+    """Ask the loops under way to save a checkpoint at the end of their current iteration (epoch) and stop the
+    process (SystemExit 143); what SIGTERM does under ddbench's commands. False when no loop can save one (then
+    the caller stops the process itself)."""
+    if not _running:
+        return False
+    _stop["requested"] = True
+    log.warning("stop requested: saving a checkpoint at the end of this iteration, then stopping "
+                "(run the same command again to continue)")
+    return True
 
 
 class Checkpointer:
@@ -50,7 +65,11 @@ class Checkpointer:
         return self.cache.path(KIND, self.key)
 
     def due(self, done: int, total: int) -> bool:
-        if not self.every or done % self.every or done >= total:
+        if not self.every or done >= total:
+            return False
+        if _stop["requested"]:
+            return True
+        if done % self.every:
             return False
         return not self.every_seconds or time.perf_counter() - self.last_save >= self.every_seconds
 
@@ -67,10 +86,19 @@ class Checkpointer:
             out["global_rng"] = torch.get_rng_state()
         self.cache.save(KIND, self.key, out)
         self.last_save = time.perf_counter()
+        if _stop["requested"]:
+            _stop["requested"] = False
+            _running.clear()
+            log.warning("saved a checkpoint at %s %d (%s) and stopped; run the same command again to continue",
+                        self.unit, iteration, self.path)
+            raise SystemExit(STOPPED_EXIT_CODE)
 
     def load(self, tensors: dict[str, Tensor | None], opts: dict[str, Any] | None, iterations: int
              ) -> tuple[int, dict[str, Tensor]]:
-        """Restore `tensors` (in place) and `opts` from a matching checkpoint: (next iteration, what was stored)."""
+        """Restore `tensors` (in place) and `opts` from a matching checkpoint: (next iteration, what was stored).
+        Called as the loop starts: from here until `clear`, a stop request saves a checkpoint of it."""
+        if self.every:
+            _running.add(id(self))
         if not self.every or self.resume in NEVER:
             return 0, {}
         path = self.path
@@ -102,6 +130,8 @@ class Checkpointer:
         return done, found
 
     def clear(self) -> None:
+        """The loop has finished: its checkpoint is removed."""
+        _running.discard(id(self))
         if self.every and self.path.is_file():
             self.path.unlink(missing_ok=True)
 
