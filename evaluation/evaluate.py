@@ -31,6 +31,8 @@ from ddbench.utils import DDBenchError, code_fingerprint, make_generator, mean_s
 log = logging.getLogger(__name__)
 FITS = "fits"  # cache kind of finished training runs' results
 FIT_RESULT = ("accuracies", "finite", "seconds")
+# label source (other than 'artifact') → label mode: what the networks train on, whatever the artifact holds
+SOURCE_MODES = {"hard": "hard", "stored": "stored", "static": "stored", "teacher": "teacher"}
 
 
 @dataclass
@@ -110,7 +112,7 @@ class Evaluator:
             raise DDBenchError(
                 f"protocol {protocol.name!r} trains on the artifact's stored soft labels, but this artifact has hard "
                 "labels; use eval.label_source=static (a teacher labels the images once) or =teacher.")
-        return {"hard": "hard", "stored": "stored", "static": "stored", "teacher": "teacher"}[source]
+        return SOURCE_MODES[source]
 
     def targets(self, mode: str, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
         """The training targets of `mode` for images [...,C,H,W] with labels [...] (hard) or [...,K] (logits)."""
@@ -344,7 +346,7 @@ class Evaluator:
     def help_baselines(self, ipc: int) -> None:
         """A helper's work before the distilled set exists: the score baselines that do not depend on it."""
         p = self.protocol
-        mode = None if p.label_source == "artifact" else self.label_mode(p, self.splits.train.labels)
+        mode = SOURCE_MODES.get(p.label_source)  # None ('artifact'): it depends on the set's labels
         for name in reversed(p.models):
             if {"hlr", "lrs"} & set(p.scores):
                 self.attempt(f"the full-data run of {name}", lambda: self.full_data_accuracy(name))

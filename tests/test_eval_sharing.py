@@ -156,3 +156,11 @@ def test_the_board_gives_an_idle_job_to_a_cell_with_runs_to_share():
     assert sorted(calls) == [("dm ipc10 dc", False), ("dm ipc10 kd", False), ("dm ipc10 kd", True)]
     assert [o.status for o in outcomes] == ["done", "done"]  # a failed helper fails no cell
     assert any("its helper stopped: helper broke" in line for line in lines)
+
+
+@pytest.mark.parametrize("source, trained_before_the_set", [("teacher", 2), ("stored", 2), ("artifact", 1)])
+def test_before_the_set_a_helper_trains_the_baselines_its_label_source_determines(splits, tmp_path, trained, source,
+                                                                                   trained_before_the_set):
+    # 'artifact': the random-subset run's labels depend on the set (hard or soft), so only the full-data run
+    Evaluator(splits, kd_protocol(label_source=source), Cache(tmp_path), helper=True).help_baselines(ipc=2)
+    assert len(trained) == trained_before_the_set
