@@ -133,13 +133,15 @@ def check_method(cfg: dict[str, Any]) -> MethodOptions:
     return resolve_method_options(cfg["method"]["name"], method_options(cfg))
 
 
-def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[Artifact, float]:
+def distill(cfg: dict[str, Any], splits: Splits, device: torch.device, cached_only: bool = False
+            ) -> tuple[Artifact, float]:
     """Run the configured method; returns the artifact (not yet saved) and the wall time in seconds (with the time
     of earlier, interrupted parts when the method resumed from a checkpoint).
 
     With `reuse_distilled=true`, a set distilled earlier with the same distillation settings and code (see
     `distill_key`) is taken from the cache (kind "distilled") instead, with the seconds its distillation took, and
-    a new one is stored there; concurrent runs with the same key distill it once."""
+    a new one is stored there; concurrent runs with the same key distill it once. cached_only: never distill
+    (a helper's use: wait for the run that distills, then take its set, or fail)."""
     check_ipc_fits(int(cfg["ipc"]), splits.train.counts.tolist(), splits.info.name)
     if not cfg.get("reuse_distilled"):
         return _distill(cfg, splits, device)
@@ -150,6 +152,10 @@ def distill(cfg: dict[str, Any], splits: Splits, device: torch.device) -> tuple[
         found = _cached_distilled(cache, folder, cfg)
         if found is not None:
             return found, float(found.meta.get("distill_seconds") or 0.0)
+        if cached_only:
+            raise DDBenchError(f"no distilled set with this run's settings is in the cache ({folder}): the run this "
+                               "helper shares distills it, so start that run (the same command without helper=true) "
+                               "too, or check that it did not fail.")
         artifact, seconds = _distill(cfg, splits, device)
         save_artifact(artifact, folder)
         log.info("stored the distilled set in %s for runs with the same distillation settings", folder)
@@ -249,7 +255,7 @@ def help_evaluate(cfg: dict[str, Any], splits: Splits, device: torch.device) -> 
     evaluator = Evaluator(splits, EvalProtocol.from_dict(cfg["eval"]), Cache(cfg["paths"]["cache"]),
                           cfg.get("progress", False), helper=True)
     evaluator.help_baselines(int(cfg["ipc"]))
-    artifact, _ = distill(cfg, splits, device)  # the main run's set: waits while it is being distilled
+    artifact, _ = distill(cfg, splits, device, cached_only=True)  # waits while the main run distills it
     images, labels = artifact.training_set()
     evaluator.help(images.to(device), labels.to(device), artifact.lr, int(artifact.ipc))
 

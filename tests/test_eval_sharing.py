@@ -164,3 +164,14 @@ def test_before_the_set_a_helper_trains_the_baselines_its_label_source_determine
     # 'artifact': the random-subset run's labels depend on the set (hard or soft), so only the full-data run
     Evaluator(splits, kd_protocol(label_source=source), Cache(tmp_path), helper=True).help_baselines(ipc=2)
     assert len(trained) == trained_before_the_set
+
+
+def test_a_helper_never_distills_and_says_so_when_no_run_made_the_set(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [
+        "ddbench-run", "method=random", "dataset=digits", "smoke=true", "ipc=1", "eval.models=[convnet]",
+        "reuse_distilled=true", "helper=true", f"paths.cache={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'h'}"])
+    with pytest.raises(SystemExit) as failed:
+        run_cli.main()
+    assert failed.value.code == 2
+    assert "without helper=true" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "distilled").exists() or not any((tmp_path / "cache" / "distilled").iterdir())
