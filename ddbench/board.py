@@ -418,7 +418,8 @@ line are kept off these tables (`ddbench-leaderboard --include-shortened` shows 
 
 Reproduce a board with `ddbench-board NAME` (it skips cells that already have records, so a killed run resumes,
 and a killed cell continues from its last checkpoints; `--rerun` redoes them); `ddbench-board NAME --list` prints
-every cell's exact `ddbench-run` command.
+every cell's exact `ddbench-run` command; with `--jobs N` a job with no cell left to start shares the training
+runs of a running cell.
 """
 
 
