@@ -20,6 +20,16 @@ def digits_small() -> Splits:
     return load_dataset("digits", max_train_per_class=30, max_test_per_class=10)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """A cache folder of this test session's own (XDG_CACHE_HOME, also for subprocesses): tests that leave
+    `paths.cache` at its default share experts, teachers and finished runs with each other, never with the user's
+    cache or an earlier session, so every run of the suite computes the same things."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for modules of many tiny ops: on a small, busy CPU a second thread only adds waiting."""
