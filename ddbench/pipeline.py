@@ -119,6 +119,7 @@ def load_splits(cfg: dict[str, Any], device: torch.device) -> Splits:
         data["name"], root=data.get("root"), device=device, zca=data.get("zca", False), zca_eps=data.get("zca_eps", 0.1),
         download=data.get("download", False), max_train_per_class=data.get("max_train_per_class"),
         max_test_per_class=data.get("max_test_per_class"), image_size=data.get("image_size"),
+        mirror_safe=data.get("mirror_safe"),
     )
 
 
@@ -277,7 +278,7 @@ def write_results(
             peak_cpu_memory_bytes=peak_rss_bytes(), device=device_name(device),
             config_hash=stable_hash(cfg), config=cfg, seed=int(cfg["seed"]),
             artifact=None if artifact_path is None else str(artifact_path), command=command, scores=dict(result.scores),
-            shortened=shortened_settings(cfg), distill_reused=distill_reused,
+            shortened=shortened_settings(cfg), distill_reused=distill_reused, teacher=result.teacher,
         )
         paths.append(write_record(record, cfg["paths"]["records"]))
     return paths

@@ -33,6 +33,7 @@ FITS = "fits"  # cache kind of finished training runs' results
 FIT_RESULT = ("accuracies", "finite", "seconds")
 # label source (other than 'artifact') → label mode: what the networks train on, whatever the artifact holds
 SOURCE_MODES = {"hard": "hard", "stored": "stored", "static": "stored", "teacher": "teacher"}
+TEACHER_SLACK = 0.02  # a teacher this far (fraction) below the whole-data accuracy of its architecture is warned of
 
 
 @dataclass
@@ -46,6 +47,7 @@ class EvalResult:
     scores: dict[str, float] = field(default_factory=dict)
     protocol: str = "dc"
     lr_source: str = "protocol"  # learned | grid | protocol
+    teacher: dict[str, Any] | None = None  # {models, test_accuracy, train_accuracy} when a teacher made the targets
 
     @property
     def mean(self) -> float:
@@ -70,7 +72,7 @@ class Evaluator:
     def __init__(self, splits: Splits, protocol: EvalProtocol, cache: Cache | None = None, progress: bool = False,
                  helper: bool = False):
         self.splits = splits
-        self.protocol = protocol
+        self.protocol = protocol.for_data(splits.info)  # crop padding and flip 'auto' follow the dataset
         self.cache = cache or Cache()
         self.progress = progress
         self.device = splits.train.images.device
@@ -315,13 +317,14 @@ class Evaluator:
         targets = self.targets(mode, images, labels)
         label_type = "hard" if mode == "hard" else "soft"
         results = []
+        uses_teacher = mode == "teacher" or (mode == "stored" and not labels.is_floating_point())
         for name in protocol.models:
             before = self.fit_seconds
             lr, lr_source = self.choose_lr(protocol, name, images, targets, mode, learned_lr)
             accuracies = self.fit(protocol, name, images, targets, mode, lr, self.main_generator(name))
             seconds = self.fit_seconds - before
             result = EvalResult(name, protocol.seeds, accuracies, seconds, lr, label_type, protocol=protocol.name,
-                                lr_source=lr_source)
+                                lr_source=lr_source, teacher=self.teacher.summary() if uses_teacher else None)
             log.info("eval %s (%s, %s labels): %.2f ± %.2f %% over %d seeds (%.1f s)", name, protocol.name, label_type,
                      100 * result.mean, 100 * result.std, len(accuracies), seconds)
             if protocol.scores:
@@ -329,8 +332,26 @@ class Evaluator:
                 result.scores = self.scores(name, images, labels, mode, lr, lr_source, accuracies, ipc)
                 log.info("scores %s: %s (%.1f s)", name, ", ".join(
                     f"{k} {result.scores[k]:.4f}" for k in protocol.scores), time.perf_counter() - start)
+            if uses_teacher:
+                self.warn_weak_teacher(name, result.scores.get("acc_full_hard"))
             results.append(result)
         return results
+
+    def warn_weak_teacher(self, name: str, whole_data: float | None) -> None:
+        """One warning when the teacher's test accuracy is more than TEACHER_SLACK below what `name` reaches
+        trained on the whole real train set under this protocol (its HLR reference), for a one-model teacher of
+        that architecture: students follow their teacher, so it would cap the soft-label row."""
+        teacher = self.teacher
+        if whole_data is None or teacher.test_accuracy is None or teacher.names != [name]:
+            return
+        if teacher.test_accuracy < whole_data - TEACHER_SLACK:
+            t = self.protocol.teacher
+            log.warning("the teacher %s reaches %.2f %% on the test set, %.2f points below %s trained on the whole "
+                        "train set (%.2f %%): its soft labels cap the students. Likely causes: its augmentation "
+                        "(flip=%s, crop_padding=%s; %s mirror-safe) or too few epochs (%d).", name,
+                        100 * teacher.test_accuracy, 100 * (whole_data - teacher.test_accuracy), name,
+                        100 * whole_data, t.flip, t.crop_padding,
+                        "the data is" if self.splits.info.mirror_safe else "the data is not", t.epochs)
 
     def main_generator(self, name: str) -> torch.Generator:
         return make_generator(int(stable_hash([name, self.protocol.seeds], 8), 16), self.device)

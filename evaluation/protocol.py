@@ -169,10 +169,14 @@ class EvalProtocol(TrainRecipe):
             if not 0 <= value <= 1:
                 raise DDBenchError(f"eval.{name} must be in [0, 1], got {value!r}.")
         for name, value in {"weight_decay": self.weight_decay, "teacher.weight_decay": self.teacher.weight_decay,
-                            "crop_padding": self.crop_padding, "seed_base": self.seed_base,
+                            "seed_base": self.seed_base,
                             "checkpoint_minutes": self.checkpoint_minutes}.items():
             if value < 0:
                 raise DDBenchError(f"eval.{name} must be >= 0, got {value!r}.")
+
+    def for_data(self, info: Any) -> "EvalProtocol":
+        """This protocol with its and its teacher's crop_padding/flip 'auto' resolved for dataset `info`."""
+        return replace(TrainRecipe.for_data(self, info), teacher=self.teacher.for_data(info))
 
     @property
     def seeds(self) -> list[int]:

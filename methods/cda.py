@@ -22,6 +22,7 @@ from ddbench.methods.options import option
 from ddbench.methods.recover import (CROP_MODES, BNStatLoss, RecoverAugment, RecoverOptions, optimise,
                                      pixel_bounds)
 from ddbench.training import load_teacher
+from ddbench.training.recipe import AUTO, data_flip
 from ddbench.utils import DDBenchError
 
 STORAGE_NOTE = "float32 tensors in the normalised space (no uint8/JPEG round-trip, unlike the reference)"
@@ -34,7 +35,7 @@ class CDAOptions(RecoverOptions):
     crop: str = option("cosine", choices=CROP_MODES)
     milestone: float = option(1.0, positive=True)
     min_scale: float = option(0.08, positive=True)
-    flip: bool = True
+    flip: bool | str = option("auto", choices=(True, False, "auto"))  # auto: the dataset's mirror_safe
     class_batch: int = option(100, low=1)
     groups_per_step: int | None = option(None, low=1)
     init: str = option("noise", choices=("noise", "real"))  # real: random real images of each class, the run's seed
@@ -62,7 +63,8 @@ class CDA(Method):
         if k % batch:
             raise DDBenchError(f"method.class_batch={batch} must divide the {k} classes (e.g. {k} or 100 for 200 "
                                "classes); each group optimises one image of `class_batch` classes.")
-        augment = RecoverAugment(crop=o.crop, milestone=o.milestone, min_scale=o.min_scale, flip=o.flip,
+        flip = data_flip(info) if o.flip == AUTO else o.flip
+        augment = RecoverAugment(crop=o.crop, milestone=o.milestone, min_scale=o.min_scale, flip=flip,
                                  jitter=o.jitter, symmetric_jitter=o.symmetric_jitter)
         cfg = o.teacher.resolve(info)
         teacher = load_teacher(cfg, self.splits, self.device, self.cache, o.progress)

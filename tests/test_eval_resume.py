@@ -48,7 +48,7 @@ def checkpoints(cache_root) -> list:
 
 RECIPES = {
     # the soft-label recipe: AdamW, cosine, crop+flip, mixup and cutmix drawn per step
-    "kd": dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, schedule="cosine", augment="crop_flip",
+    "kd": dict(optimizer="adamw", lr=1e-3, weight_decay=0.01, schedule="cosine", augment="crop_flip", crop_padding=4, flip=True,
                mixup=0.8, cutmix=1.0, temperature=4.0),
     # the dc recipe: SGD with a step decay that re-creates the optimizer (momentum reset) at epoch 2
     "dc": dict(optimizer="sgd", lr=0.01, momentum=0.9, schedule="step", lr_decay_at=0.5, lr_decay_factor=0.1,

@@ -175,6 +175,9 @@ class CodeTeacher:
     def __call__(self, x):
         raise AssertionError("a static-label protocol must not relabel batches online")
 
+    def summary(self):
+        return {"models": ["code"], "test_accuracy": None, "train_accuracy": None}
+
 
 def test_every_eval_config_has_a_check():
     assert set(EVAL_CONFIGS) == set(CHECKS), "add a check for each protocol in conf/eval"
@@ -236,7 +239,7 @@ def test_an_online_teacher_labels_exactly_the_batch_the_students_see(smoke_split
         return x.flatten(1)[:, :10] * 3
 
     nets = RecordingNets(NetworkBatch("mlp", smoke_splits.info, [0, 1], CPU, vmap=False, width=8))
-    recipe = TrainRecipe(epochs=2, batch_size=4, lr=0.05, augment="crop_flip", mixup=mixup, cutmix=cutmix,
+    recipe = TrainRecipe(epochs=2, batch_size=4, lr=0.05, augment="crop_flip", crop_padding=4, flip=True, mixup=mixup, cutmix=cutmix,
                          temperature=4.0, t2_scaling=True)
     train(nets, images, None, recipe, make_generator(3), teacher=teacher)
     assert len(asked) == len(nets.inputs) == 2 * 3  # 10 images, batch 4: 3 steps per epoch
@@ -325,7 +328,7 @@ def test_kd_trainer_lock_step_equals_one_network_at_a_time(smoke_splits):
     # SGD: elementwise and smooth in the gradient, so lock-step and one-by-one agree to float precision
     # (AdamW's normalisation would magnify the last-bit differences of vmapped convolutions).
     recipe = TrainRecipe(epochs=3, batch_size=4, lr=0.05, optimizer="sgd", schedule="cosine", augment="crop_flip",
-                         mixup=0.8, temperature=4.0)
+                         crop_padding=4, flip=True, mixup=0.8, temperature=4.0)
     states = {}
     for vmap in (True, False):
         nets = NetworkBatch("convnet", smoke_splits.info, [0, 1], CPU, vmap=vmap, width=8)

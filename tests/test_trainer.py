@@ -65,7 +65,7 @@ def test_dc_soft_labels_on_per_network_sets_match_the_former_dc_loop():
 def test_kd_recipes_reproduce_the_former_kd_loop(case):
     x, y, z = data()
     recipe, targets, teacher = {
-        "kd_soft_mix": (TrainRecipe(epochs=3, batch_size=8, lr=0.05, augment="crop_flip", crop_padding=2, mixup=0.4,
+        "kd_soft_mix": (TrainRecipe(epochs=3, batch_size=8, lr=0.05, augment="crop_flip", crop_padding=2, flip=True, mixup=0.4,
                                     cutmix=1.0, temperature=2.0, t2_scaling=True, mix_space="probs"), z, None),
         "kd_hard_adamw": (TrainRecipe(epochs=3, batch_size=8, lr=0.01, optimizer="adamw", weight_decay=0.01,
                                       schedule="step", augment="dsa", cutmix=1.0), y, None),

@@ -27,6 +27,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     class_names: tuple[str, ...] = field(default=())
     train_min_per_class: int | None = None  # training images of the smallest class (None: known after loading)
+    mirror_safe: bool = True  # a horizontal flip keeps every class (False for digits: a mirrored 2 is no 2)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -30,7 +30,7 @@ DIGITS_TEST_PER_CLASS = 36
 
 @register_dataset(
     DatasetInfo("digits", 1, DIGITS_SIZE, 10, (0.3053,), (0.3174,), tuple(str(i) for i in range(10)),
-                train_min_per_class=138)
+                train_min_per_class=138, mirror_safe=False)
 )
 def load_digits(root: Path, download: bool) -> RawSplits:
     """scikit-learn's bundled 8x8 digits (1797 images), bilinearly upsampled to 16x16.
@@ -111,7 +111,7 @@ def load_fashion_mnist(root: Path, download: bool) -> RawSplits:
 
 
 @register_dataset(DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), tuple(str(i) for i in range(10)),
-                             train_min_per_class=5421))
+                             train_min_per_class=5421, mirror_safe=False))
 def load_mnist(root: Path, download: bool) -> RawSplits:
     folders = [root / "MNIST" / "raw", root / "mnist", root]
     if not any(_find_idx(folders, s) for s in IDX_FILES["train"]):
@@ -158,7 +158,7 @@ def load_cifar100(root: Path, download: bool) -> RawSplits:
 
 
 @register_dataset(DatasetInfo("svhn", 3, 32, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-                             train_min_per_class=4659))
+                             train_min_per_class=4659, mirror_safe=False))
 def load_svhn(root: Path, download: bool) -> RawSplits:
     return _from_torchvision("SVHN", root, download, "<root>/{train,test}_32x32.mat", split_kw="split")
 

@@ -101,11 +101,13 @@ def load_dataset(
     max_train_per_class: int | None = None,
     max_test_per_class: int | None = None,
     image_size: int | None = None,
+    mirror_safe: bool | None = None,
 ) -> Splits:
     """Load a registered dataset (or `imagefolder` at `root`) normalized with its mean/std, or ZCA-whitened.
 
     ZCA is fitted on the raw [0,1] training pixels (as the trajectory-matching repos do) and replaces the
-    mean/std normalization.
+    mean/std normalization. mirror_safe: whether a horizontal flip keeps every class (None: the dataset's own
+    declaration); crop-and-flip recipes read it (TrainRecipe.for_data).
     """
     root = Path(root) if root else default_data_root()
     if name == "imagefolder":
@@ -120,6 +122,8 @@ def load_dataset(
         train_x = F.interpolate(train_x, size=image_size, mode="bilinear", align_corners=False)
         test_x = F.interpolate(test_x, size=image_size, mode="bilinear", align_corners=False)
         info = replace(info, image_size=image_size)
+    if mirror_safe is not None:
+        info = replace(info, mirror_safe=bool(mirror_safe))
     train = ClassTensors.from_unsorted(train_x, train_y, info.num_classes)
     test = ClassTensors.from_unsorted(test_x, test_y, info.num_classes)
     if max_train_per_class:

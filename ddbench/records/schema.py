@@ -63,6 +63,10 @@ SCHEMA: dict[str, Field] = {
     "distill_reused": Field(
         (bool,), False, "true when the run evaluated a set distilled by an earlier run (whose distill_seconds it reports)",
     ),
+    "teacher": Field(
+        (dict, NoneType), False,
+        "null, or the teacher that made the targets: {models, test_accuracy, train_accuracy} (fractions)",
+    ),
     "shortened": Field(
         (str, NoneType), False,
         "null for a full-protocol run, else what was cut (e.g. 'smoke=true' or 'eval.epochs=30'), a string",
@@ -72,6 +76,7 @@ SCHEMA: dict[str, Field] = {
 # Defaults of the optional fields (copied per record).
 OPTIONAL_DEFAULTS: dict[str, Any] = {
     "scores": {}, "command": None, "shortened": None, "peak_cpu_memory_bytes": None, "distill_reused": False,
+    "teacher": None,
 }
 
 _NON_EMPTY = ("run_id", "method", "dataset", "protocol", "eval_model", "device", "config_hash")
@@ -189,6 +194,13 @@ def _check_values(rec: dict[str, Any], problems: list[str]) -> None:
         for name, value in scores.items():
             if value is not None and (not _is_number(value) or not math.isfinite(value)):
                 bad("scores", f"must map names to finite numbers (or null); {name!r} is {value!r:.80}")
+
+    teacher = rec.get("teacher")
+    if teacher is not None:
+        for name in ("test_accuracy", "train_accuracy"):
+            value = teacher.get(name)
+            if value is not None and not (_is_number(value) and 0.0 <= value <= 1.0):
+                bad("teacher", f"{name} must be a fraction in [0, 1] or null, got {value!r:.80}")
 
     if "created" in rec:
         try:

@@ -31,6 +31,9 @@ class SharedDraws:
     """All networks draw from one generator (see the module docstring)."""
 
     def __init__(self, recipe: TrainRecipe, generator: torch.Generator, n_nets: int):
+        if recipe.augment == "crop_flip" and not recipe.resolved:
+            raise DDBenchError("a crop_flip recipe with crop_padding or flip 'auto' reached the trainer; resolve it "
+                               "for the dataset first (TrainRecipe.for_data(splits.info)).")
         self.recipe, self.generator, self.n_nets = recipe, generator, n_nets
         self.dsa = make_dsa(recipe)
 

@@ -8,8 +8,8 @@ its default. `TrainRecipe.of(config)` extracts the plain recipe the trainer runs
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 from ddbench.utils import DDBenchError
 
@@ -18,6 +18,19 @@ OPTIMIZERS = ("sgd", "adamw", "gsam")
 SCHEDULES = ("step", "cosine", "constant")
 MIX_SPACES = ("logits", "probs")
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+AUTO = "auto"  # crop_padding / flip: follow the dataset (see TrainRecipe.for_data)
+R = TypeVar("R", bound="TrainRecipe")
+
+
+def crop_padding_for(image_size: int) -> int:
+    """The crop padding that fits an image size: 1/8 of the side, rounded half up, at least 1 (the references'
+    4 px at 32 px; 2 px at 16 px, 4 px at 28 px, 8 px at 64 px)."""
+    return max(1, int(image_size / 8 + 0.5))
+
+
+def data_flip(info: Any) -> bool:
+    """Whether crop-and-flip augmentation may mirror images of dataset `info` (DatasetInfo.mirror_safe)."""
+    return bool(getattr(info, "mirror_safe", True))
 
 
 @dataclass
@@ -28,6 +41,9 @@ class TrainRecipe:
     schedule: cosine (per step, to 0 after the last step) | step (lr × lr_decay_factor from epoch
     int(epochs · lr_decay_at), with SGD's momentum reset there) | constant.
     augment: dsa (dsa_strategy, dsa_ranges) | crop_flip (RandomCrop(pad crop_padding) + flip) | none.
+    crop_padding / flip of crop_flip: 'auto' (the default) follows the data: padding = crop_padding_for(size),
+    flip only where the dataset is mirror-safe. `for_data(info)` resolves them; the trainer refuses 'auto'.
+    DSA keeps the reference code's own ranges and flip (its ops are the protocol's, as the papers ran them).
     mixup / cutmix: Beta parameters (0 = off); mixed images get mixed targets (mix_space for stored logits).
     temperature / t2_scaling: the soft loss KL(softmax(t/T) || softmax(s/T)) (× T²); hard labels use CE.
     """
@@ -44,8 +60,8 @@ class TrainRecipe:
     augment: str = "crop_flip"
     dsa_strategy: str = DSA_STRATEGY
     dsa_ranges: dict[str, float] = field(default_factory=dict)
-    crop_padding: int = 4
-    flip: bool = True
+    crop_padding: int | str = AUTO
+    flip: bool | str = AUTO
     mixup: float = 0.0
     cutmix: float = 0.0
     mix_prob: float = 1.0
@@ -64,6 +80,20 @@ class TrainRecipe:
         values["dsa_ranges"] = dict(values["dsa_ranges"] or {})
         return cls(**values)
 
+    def for_data(self: R, info: Any) -> R:
+        """This recipe with crop_padding/flip 'auto' resolved for dataset `info` (a DatasetInfo): what is trained
+        and what cache keys hold. Explicit values are kept."""
+        changes: dict[str, Any] = {}
+        if self.crop_padding == AUTO:
+            changes["crop_padding"] = crop_padding_for(int(info.image_size))
+        if self.flip == AUTO:
+            changes["flip"] = data_flip(info)
+        return replace(self, **changes) if changes else self
+
+    @property
+    def resolved(self) -> bool:
+        return self.crop_padding != AUTO and self.flip != AUTO
+
     @property
     def mixing(self) -> bool:
         return self.mixup > 0 or self.cutmix > 0
@@ -80,6 +110,10 @@ class TrainRecipe:
             raise DDBenchError(f"{where}.lr must be > 0, got {self.lr}.")
         if not self.temperature > 0:
             raise DDBenchError(f"{where}.temperature must be > 0, got {self.temperature}.")
+        if not (self.crop_padding == AUTO or (type(self.crop_padding) is int and self.crop_padding >= 0)):
+            raise DDBenchError(f"{where}.crop_padding must be 'auto' or an int >= 0, got {self.crop_padding!r}.")
+        if not (self.flip == AUTO or isinstance(self.flip, bool)):
+            raise DDBenchError(f"{where}.flip must be 'auto', true or false, got {self.flip!r}.")
         if self.mixup < 0 or self.cutmix < 0 or not 0 <= self.mix_prob <= 1:
             raise DDBenchError(f"{where}.mixup and {where}.cutmix must be >= 0 (0 = off) and {where}.mix_prob in [0, 1].")
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ddbench.cache import Cache
-from ddbench.data import Splits
+from ddbench.data import ClassTensors, Splits
 from ddbench.training.networks import NetworkBatch, init_model
 from ddbench.training.recipe import TeacherConfig
 from ddbench.training.trainer import train
@@ -24,14 +24,27 @@ class Teacher:
     """An ensemble of trained models in eval mode; calling it returns the mean of the members' logits.
 
     __call__(x [B,C,H,W]) → [B,K] (no gradient); logits(images) does the same over a whole set in chunks.
+    test_accuracy / train_accuracy: the ensemble's accuracy on the test / train split (fractions), measured once
+    when it was trained (an ensemble's from its mean logits); None where unknown.
     """
 
-    def __init__(self, members: list[nn.Module], names: list[str], chunk: int = 4096):
+    def __init__(self, members: list[nn.Module], names: list[str], chunk: int = 4096,
+                 test_accuracy: float | None = None, train_accuracy: float | None = None,
+                 augment: dict[str, Any] | None = None):
         self.members = [m.eval() for m in members]
         for m in self.members:
             m.requires_grad_(False)
         self.names = names
         self.chunk = chunk
+        self.test_accuracy = test_accuracy
+        self.train_accuracy = train_accuracy
+        self.augment = augment or {}  # how it was trained: {augment, crop_padding, flip, epochs}
+
+    def summary(self) -> dict[str, Any]:
+        """What a record says of the teacher: {models, test_accuracy, train_accuracy, augment, crop_padding, flip,
+        epochs}."""
+        return {"models": list(self.names), "test_accuracy": self.test_accuracy,
+                "train_accuracy": self.train_accuracy, **self.augment}
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,12 +62,13 @@ class Teacher:
 
 
 def teacher_key(cfg: TeacherConfig, splits: Splits, index: int) -> dict[str, Any]:
+    """What member `index` of a teacher depends on (its recipe resolved for the data: crop padding, flip)."""
     from ddbench.training.embedding import data_fingerprint
 
     name = cfg.models[index]
     return {
         "data": data_fingerprint(splits), "model": name, "model_kwargs": cfg.model_kwargs.get(name, {}),
-        "recipe": cfg.recipe().to_dict(), "seed": cfg.seed + index, "init": "teacher-init",
+        "recipe": cfg.for_data(splits.info).recipe().to_dict(), "seed": cfg.seed + index, "init": "teacher-init",
     }
 
 
@@ -67,6 +81,7 @@ def teacher_init_seed(name: str, seed: int) -> int:
 def train_teacher_member(cfg: TeacherConfig, splits: Splits, index: int, device: torch.device,
                          progress: bool = False) -> nn.Module:
     """Member `index` of the ensemble trained on splits.train with hard labels and the teacher recipe."""
+    cfg = cfg.for_data(splits.info)
     name = cfg.models[index]
     seed = cfg.seed + index
     nets = NetworkBatch(name, splits.info, [teacher_init_seed(name, seed)], device, vmap=False,
@@ -80,9 +95,9 @@ def train_teacher_member(cfg: TeacherConfig, splits: Splits, index: int, device:
 
 
 @torch.no_grad()
-def train_accuracy(model: nn.Module, splits: Splits, batch_size: int = 1024) -> float:
-    model.eval()
-    x, y = splits.train.images, splits.train.labels
+def split_accuracy(model: Callable[[torch.Tensor], torch.Tensor], data: ClassTensors, batch_size: int = 1024) -> float:
+    """Accuracy (fraction) of `model` (a module in eval mode, or a Teacher) on a whole split."""
+    x, y = data.images, data.labels
     correct = sum(int((model(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum())
                   for i in range(0, len(x), batch_size))
     return correct / len(x)
@@ -90,25 +105,37 @@ def train_accuracy(model: nn.Module, splits: Splits, batch_size: int = 1024) -> 
 
 def load_teacher(cfg: TeacherConfig, splits: Splits, device: torch.device, cache: Cache | None = None,
                  progress: bool = False) -> Teacher:
-    """The teacher ensemble of `cfg`: each member from the cache (kind "teachers"), trained on a miss."""
+    """The teacher ensemble of `cfg`: each member from the cache (kind "teachers"), trained on a miss.
+
+    Each member's train and test accuracy are measured once, when it is trained, and cached with its weights; an
+    ensemble's own accuracies come from its mean logits (one forward of each split)."""
     cache = cache or Cache()
-    members = []
+    cfg = cfg.for_data(splits.info)
+    members, accuracies = [], []
     for index, name in enumerate(cfg.models):
         key = teacher_key(cfg, splits, index)
 
         def build(index: int = index) -> dict[str, torch.Tensor]:
-            model = train_teacher_member(cfg, splits, index, device, progress)
-            acc = train_accuracy(model, splits)
-            log.info("teacher %s (seed %d): %.2f %% accuracy on the real train set", cfg.models[index],
-                     cfg.seed + index, 100 * acc)
+            model = train_teacher_member(cfg, splits, index, device, progress).eval()
+            train_acc, test_acc = split_accuracy(model, splits.train), split_accuracy(model, splits.test)
+            log.info("teacher %s (seed %d): %.2f %% accuracy on the real train set, %.2f %% on the test set",
+                     cfg.models[index], cfg.seed + index, 100 * train_acc, 100 * test_acc)
             tensors = {STATE_PREFIX + k: v for k, v in model.state_dict().items()}
-            tensors["train_accuracy"] = torch.tensor(acc)
+            tensors["train_accuracy"] = torch.tensor(train_acc, dtype=torch.float64)
+            tensors["test_accuracy"] = torch.tensor(test_acc, dtype=torch.float64)
             return tensors
 
-        tensors = cache.get_or_create("teachers", key, build, required=("train_accuracy",))
+        tensors = cache.get_or_create("teachers", key, build, required=("train_accuracy", "test_accuracy"))
         state = {k[len(STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
         model = init_model(name, splits.info, teacher_init_seed(name, cfg.seed + index),
                            **cfg.model_kwargs.get(name, {})).to(device)
         model.load_state_dict(state)
         members.append(model)
-    return Teacher(members, list(cfg.models))
+        accuracies.append((float(tensors["train_accuracy"]), float(tensors["test_accuracy"])))
+    teacher = Teacher(members, list(cfg.models), train_accuracy=accuracies[0][0], test_accuracy=accuracies[0][1],
+                      augment={"augment": cfg.augment, "crop_padding": cfg.crop_padding, "flip": cfg.flip,
+                               "epochs": cfg.epochs})
+    if len(members) > 1:
+        teacher.train_accuracy = split_accuracy(teacher, splits.train)
+        teacher.test_accuracy = split_accuracy(teacher, splits.test)
+    return teacher
