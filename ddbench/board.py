@@ -41,6 +41,18 @@ class MethodEntry:
 
 
 @dataclass
+class CrossArchitecture:
+    """Extra cells that evaluate the board's methods on more architectures: one cell per (method, ipc, protocol,
+    model), with the method's own settings (so it shares the main cell's distilled set) and `num_seeds` seeds
+    (null: the protocol's), which the rendered table states beside itself."""
+
+    models: list[str]
+    ipcs: list[int]
+    protocols: list[str] = field(default_factory=lambda: ["dc"])
+    num_seeds: int | None = None
+
+
+@dataclass
 class Board:
     name: str
     dataset: str
@@ -52,6 +64,8 @@ class Board:
     not_applicable: dict[str, dict[int, str]] = field(default_factory=dict)  # method → ipc → why
     description: str = ""
     cell_timeout: float | None = None  # seconds; a cell running longer is stopped and listed as failed
+    cross_architecture: CrossArchitecture | None = None
+    references: bool = True  # a reference cell per protocol: whole-dataset (and teacher) rows (ddbench-reference)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> "Board":
@@ -74,8 +88,17 @@ class Board:
                 protocols=None if entry.get("protocols") is None else [str(p) for p in entry["protocols"]],
                 ipcs=None if entry.get("ipcs") is None else [int(i) for i in entry["ipcs"]],
             )
-        fields_ = {k: v for k, v in data.items() if k != "methods"}
-        board = cls(methods=methods, **fields_)
+        cross = data.get("cross_architecture")
+        if cross is not None:
+            known_cross = {f.name for f in dataclasses.fields(CrossArchitecture)}
+            if not isinstance(cross, dict) or set(cross) - known_cross or not cross.get("models") or not cross.get("ipcs"):
+                raise DDBenchError(f"board {source}: cross_architecture must map models and ipcs (and optionally "
+                                   f"protocols, num_seeds); valid keys: {sorted(known_cross)}.")
+            cross = CrossArchitecture(models=[str(m) for m in cross["models"]], ipcs=[int(i) for i in cross["ipcs"]],
+                                      protocols=[str(p) for p in cross.get("protocols") or ["dc"]],
+                                      num_seeds=None if cross.get("num_seeds") is None else int(cross["num_seeds"]))
+        fields_ = {k: v for k, v in data.items() if k not in ("methods", "cross_architecture")}
+        board = cls(methods=methods, cross_architecture=cross, **fields_)
         board.ipcs = [int(i) for i in board.ipcs]
         board.protocols = [str(p) for p in board.protocols]
         board.not_applicable = {str(m): {int(i): str(why) for i, why in (v or {}).items()}
@@ -85,7 +108,10 @@ class Board:
 
 @dataclass(frozen=True)
 class Cell:
-    """One (method, ipc, protocol) of a board; `args` are its ddbench-run arguments (without placement)."""
+    """One (method, ipc, protocol) of a board; `args` are its command's arguments (without placement).
+
+    kind: main (a method's cell, ddbench-run), cross (the same on more architectures, ddbench-run) or reference
+    (a protocol's whole-dataset and teacher rows, ddbench-reference; method 'reference', ipc 0)."""
 
     board: str
     method: str
@@ -94,6 +120,18 @@ class Cell:
     args: tuple[str, ...]
     eval_models: tuple[str, ...]
     scores: tuple[str, ...] = ()  # the protocol's fair scores (each one more training run per architecture)
+    kind: str = "main"
+
+    @property
+    def script(self) -> str:
+        return "ddbench-reference" if self.kind == "reference" else "ddbench-run"
+
+    @property
+    def slug(self) -> str:
+        """The cell's folder and log name."""
+        if self.kind == "reference":
+            return f"reference_{self.protocol}_{self.id}"
+        return f"{self.method}_ipc{self.ipc}_{self.protocol}_{self.id}"
 
     @property
     def id(self) -> str:
@@ -101,13 +139,16 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.method} ipc{self.ipc} {self.protocol}"
+        if self.kind == "reference":
+            return f"reference {self.protocol}"
+        models = f" {','.join(self.eval_models)}" if self.kind == "cross" else ""
+        return f"{self.method} ipc{self.ipc} {self.protocol}{models}"
 
     def command(self, records: str | Path, output_root: str | Path, extra: Iterable[str] = (),
                 helper: bool = False) -> list[str]:
         """The full ddbench-run argument list: the cell's args plus where its records and artifact go (with
         helper=True: the command of a process that shares the cell's training runs, in a folder of its own)."""
-        run_dir = Path(output_root) / self.board / f"{self.method}_ipc{self.ipc}_{self.protocol}_{self.id}"
+        run_dir = Path(output_root) / self.board / self.slug
         if helper:
             run_dir = run_dir / "helper"
         return [*self.args, f"board.name={self.board}", f"board.cell={self.id}", f"paths.records={records}",
@@ -118,7 +159,7 @@ class Cell:
     def shareable(self) -> bool:
         """Whether a helper process can take some of the cell's training runs: it evaluates on several
         architectures, or its protocol's scores add runs beside the evaluation."""
-        return len(self.eval_models) > 1 or bool(self.scores)
+        return self.kind != "reference" and (len(self.eval_models) > 1 or bool(self.scores))
 
     @property
     def distillation(self) -> tuple[str, ...]:
@@ -176,7 +217,8 @@ def protocol_models(protocol: str) -> list[str]:
 
 
 def cells(board: Board) -> tuple[list[Cell], list[tuple[str, int, str, str]]]:
-    """(cells to run, not-applicable (method, ipc, protocol, why)) in board order: IPC, then method order."""
+    """(cells to run, not-applicable (method, ipc, protocol, why)) in board order: the reference cells, then the
+    main cells by IPC and method order, then the cross-architecture cells."""
     todo, skipped = [], []
     for ipc in board.ipcs:
         for method, entry in board.methods.items():
@@ -195,7 +237,45 @@ def cells(board: Board) -> tuple[list[Cell], list[tuple[str, int, str, str]]]:
                 args += [*board.overrides, *entry.overrides]
                 scores = tuple(str(x) for x in protocol_setting(protocol, "scores", []) or [])
                 todo.append(Cell(board.name, method, ipc, protocol, tuple(args), tuple(models), scores))
-    return todo, skipped
+    cross = [c for c in cross_cells(board) if (c.method, c.ipc) not in {(m, i) for m, i, _, _ in skipped}]
+    return reference_cells(board, todo + cross) + todo + cross, skipped
+
+
+def cross_cells(board: Board) -> list[Cell]:
+    """One cell per (method, ipc, protocol, model) of `board.cross_architecture`: the method's arguments with
+    eval.models=[model] (and eval.num_seeds), so the distilled set is the main cell's."""
+    spec = board.cross_architecture
+    if spec is None:
+        return []
+    out = []
+    for ipc in spec.ipcs:
+        for method, entry in board.methods.items():
+            if (entry.ipcs is not None and ipc not in entry.ipcs) or board.not_applicable.get(method, {}).get(ipc):
+                continue
+            for protocol in spec.protocols:
+                protocol_models(protocol)  # checks that the protocol exists
+                for model in spec.models:
+                    args = [f"method={method}", f"dataset={board.dataset}", f"ipc={ipc}", f"eval={protocol}",
+                            f"eval.models=[{model}]"]
+                    if spec.num_seeds is not None:  # declared by the board, so the records are not "shortened"
+                        args += [f"eval.num_seeds={spec.num_seeds}", f"board.num_seeds={spec.num_seeds}"]
+                    args += [*board.overrides, *entry.overrides]
+                    out.append(Cell(board.name, method, ipc, protocol, tuple(args), (model,), kind="cross"))
+    return out
+
+
+def reference_cells(board: Board, runs: list[Cell]) -> list[Cell]:
+    """One ddbench-reference cell per protocol of `runs`, over every architecture they evaluate on."""
+    if not board.references:
+        return []
+    models: dict[str, list[str]] = {}
+    for cell in runs:
+        known = models.setdefault(cell.protocol, [])
+        known += [m for m in cell.eval_models if m not in known]
+    return [Cell(board.name, "reference", 0, protocol,
+                 (f"dataset={board.dataset}", f"eval={protocol}", "eval.models=[" + ",".join(names) + "]",
+                  *board.overrides), tuple(names), kind="reference")
+            for protocol, names in models.items()]
 
 
 def finished_cells(records: list[dict[str, Any]]) -> dict[str, set[str]]:
@@ -218,6 +298,38 @@ def cell_seconds(records: list[dict[str, Any]], cell_id: str) -> float:
     return float(max(distilled, default=0.0) + sum(r["eval_seconds"] for r in mine))
 
 
+# Relative cost of one training step per architecture against ConvNet (16 px, batch 100, one CPU thread: 86 / 332 /
+# 187 / 818 ms), used only to estimate cells that have not run yet from the ConvNet cell of the same method.
+STEP_COST = {"convnet": 1.0, "alexnet": 3.9, "vgg11": 2.2, "resnet18_ap": 9.5}
+
+
+def estimate_seconds(cell: Cell, records: list[dict[str, Any]], todo: list[Cell]) -> float | None:
+    """Expected seconds of a cell: the mean of finished cells of the same kind, protocol, IPC and architectures;
+    for a cross-architecture cell without those, its method's main cell's evaluation time scaled by STEP_COST and
+    the seed count; None when nothing comparable has run."""
+    done = finished_cells(records)
+    finished = [c for c in todo if set(c.eval_models) <= done.get(c.id, set())]
+    alike = [cell_seconds(records, c.id) for c in finished
+             if (c.kind, c.protocol, c.ipc, c.eval_models) == (cell.kind, cell.protocol, cell.ipc, cell.eval_models)]
+    if alike:
+        return sum(alike) / len(alike)
+    if cell.kind != "cross":
+        return None
+    for main in finished:
+        if (main.kind, main.method, main.ipc, main.protocol) != ("main", cell.method, cell.ipc, cell.protocol):
+            continue
+        mine = [r for r in records if ((r.get("config") or {}).get("board") or {}).get("cell") == main.id]
+        base = [r for r in mine if r["eval_model"] in STEP_COST]
+        model = cell.eval_models[0]
+        if not base or model not in STEP_COST:
+            return None
+        seeds = next((int(a.split("=", 1)[1]) for a in cell.args if a.startswith("eval.num_seeds=")), None)
+        r = base[0]
+        scale = STEP_COST[model] / STEP_COST[r["eval_model"]] * ((seeds or len(r["seeds"])) / len(r["seeds"]))
+        return float(r["eval_seconds"]) * scale
+    return None
+
+
 @dataclass
 class CellOutcome:
     cell: Cell
@@ -226,13 +338,15 @@ class CellOutcome:
     error: str = ""
 
 
-def run_command() -> list[str]:
-    """How to start ddbench-run from this interpreter: its console script when installed beside it."""
-    script = Path(sys.executable).parent / "ddbench-run"
+def run_command(name: str = "ddbench-run") -> list[str]:
+    """How to start ddbench-run (or another ddbench command) from this interpreter: its console script when
+    installed beside it."""
+    script = Path(sys.executable).parent / name
     if script.is_file():
         return [str(script)]
-    found = shutil.which("ddbench-run")
-    return [found] if found else [sys.executable, "-m", "ddbench.cli.run"]
+    found = shutil.which(name)
+    module = {"ddbench-run": "run", "ddbench-reference": "reference"}[name]
+    return [found] if found else [sys.executable, "-m", f"ddbench.cli.{module}"]
 
 
 def last_error(text: str) -> str:
@@ -251,7 +365,7 @@ def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: It
     """Run one cell as its own ddbench-run process (with `threads` CPU threads when given), or with helper=True a
     process that shares the training runs of the cell's running process; its output goes to
     `log_dir/<cell>.log` (`<cell>.helper.log`)."""
-    argv = run_command() + cell.command(records, output_root, extra, helper=helper)
+    argv = run_command(cell.script) + cell.command(records, output_root, extra, helper=helper)
     start = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
@@ -274,7 +388,7 @@ def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: It
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         suffix = ".helper.log" if helper else ".log"
-        (log_dir / f"{cell.method}_ipc{cell.ipc}_{cell.protocol}_{cell.id}{suffix}").write_text(
+        (log_dir / f"{cell.slug}{suffix}").write_text(
             " ".join(argv) + "\n\n" + output, encoding="utf-8")
     if code != 0:
         return CellOutcome(cell, "failed", seconds, last_error(output))
@@ -418,8 +532,11 @@ line are kept off these tables (`ddbench-leaderboard --include-shortened` shows 
 
 Reproduce a board with `ddbench-board NAME` (it skips cells that already have records, so a killed run resumes,
 and a killed cell continues from its last checkpoints; `--rerun` redoes them); `ddbench-board NAME --list` prints
-every cell's exact `ddbench-run` command; with `--jobs N` a job with no cell left to start shares the training
-runs of a running cell.
+every cell's exact command and an ETA for the missing ones; with `--jobs N` a job with no cell left to start shares
+the training runs of a running cell. Each table carries reference rows: `whole dataset` (the evaluation network
+trained on the whole real train set with hard labels under the protocol's augmentation) and, for protocols with a
+teacher, `teacher` (its test accuracy), written by the board's `ddbench-reference` cells. A board's
+cross-architecture cells may use fewer seeds than the protocol (the n of every cell says how many).
 """
 
 
@@ -436,8 +553,14 @@ def board_summary(records: list[dict[str, Any]]) -> str:
         devices = sorted({r["device"] for r in records
                           if ((r.get("config") or {}).get("board") or {}).get("cell") in {c.id for c in finished}})
         total = sum(seconds)
+        counts = []
+        for kind, title in (("main", ""), ("cross", " cross-architecture"), ("reference", " reference")):
+            of_kind = [c for c in todo if c.kind == kind]
+            if of_kind:
+                extra = f" (+{len(na)} n/a)" if kind == "main" else ""
+                counts.append(f"{sum(c in finished for c in of_kind)} of {len(of_kind)}{title}{extra}")
         rows.append(
-            f"| {name} | {board.dataset} | {len(finished)} of {len(todo)} (+{len(na)} n/a) | "
+            f"| {name} | {board.dataset} | {'; '.join(counts)} | "
             f"{format_seconds(total) if finished else '—'} | "
             f"{format_seconds(total / len(finished)) if finished else '—'} | {', '.join(devices) or '—'} | "
             f"`ddbench-board {name}` |"
@@ -447,7 +570,7 @@ def board_summary(records: list[dict[str, Any]]) -> str:
 
 def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Write `<out_dir>/README.md` (Markdown tables) and `<out_dir>/index.html` (+ PNG plots) from `records`."""
-    from ddbench.records import leaderboard_frame, render_markdown
+    from ddbench.records import leaderboard_frame, reference_frame, render_markdown
     from ddbench.records.html import html_report
     from ddbench.utils import atomic_write_bytes
 
@@ -457,11 +580,12 @@ def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> li
         board = load_board(name)
         for method, ipc, _, why in cells(board)[1]:
             not_applicable[(board.dataset, method, ipc)] = why
-    frame = leaderboard_frame(records)
-    tables = render_markdown(frame, not_applicable, title="## Tables")
+    frame, references = leaderboard_frame(records), reference_frame(records)
+    tables = render_markdown(frame, not_applicable, title="## Tables", references=references)
     text = "# Leaderboard\n\n" + LEADERBOARD_INTRO + "\n## Boards\n\n" + board_summary(records) + "\n\n" + tables
     written = [atomic_write_bytes(out / "README.md", text.encode("utf-8"))]
-    page, pngs = html_report(frame, png_stem="index", n_records=len(records), not_applicable=not_applicable)
+    page, pngs = html_report(frame, png_stem="index", n_records=len(records), not_applicable=not_applicable,
+                             references=references)
     for file_name, png in pngs.items():
         written.append(atomic_write_bytes(out / file_name, png))
     written.append(atomic_write_bytes(out / "index.html", page.encode("utf-8")))

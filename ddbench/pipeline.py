@@ -16,15 +16,15 @@ from ddbench.artifact.store import read_artifact_dir
 from ddbench.cache import Cache
 from ddbench.checks import check_ipc_fits
 from ddbench.data import Splits, load_dataset
-from ddbench.evaluation import EvalProtocol, EvalResult, evaluate_synthetic
+from ddbench.evaluation import EvalProtocol, EvalResult, ReferenceResult, evaluate_synthetic, reference_results
 from ddbench.methods import DistillResult, MethodOptions, create_method
 from ddbench.methods import method_options as resolve_method_options
 from ddbench.methods.base import DistillDiverged
 from ddbench.methods.options import RUN_CONTROL_OPTIONS
 from ddbench.records import make_record, write_record
 from ddbench.utils import (
-    DDBenchError, code_fingerprint, device_name, peak_memory_bytes, peak_rss_bytes, resolve_device, seed_everything,
-    stable_hash,
+    DDBenchError, code_fingerprint, device_name, mean_std, peak_memory_bytes, peak_rss_bytes, resolve_device,
+    seed_everything, stable_hash,
 )
 
 log = logging.getLogger("ddbench")
@@ -71,7 +71,10 @@ BUDGET_KEYS = (
 def shortened_settings(cfg: dict[str, Any], overrides: list[str] | None = None) -> str | None:
     """What cut this run's budget (`smoke=true`, `eval.epochs=30`, ...), or None for a full-protocol run."""
     cuts = ["smoke=true"] if cfg.get("smoke") else []
+    declared = (cfg.get("board") or {}).get("num_seeds")
     for key in _user_set_keys(overrides):
+        if key == "eval.num_seeds" and declared is not None and declared == (cfg.get("eval") or {}).get("num_seeds"):
+            continue  # a board's cross-architecture cells with the seed count the board states beside its table
         if key in BUDGET_KEYS:
             value = key.split(".")
             found: Any = cfg
@@ -282,6 +285,41 @@ def write_results(
         )
         paths.append(write_record(record, cfg["paths"]["records"]))
     return paths
+
+
+REFERENCE_METHODS = {"whole_dataset": "whole dataset", "teacher": "teacher"}  # reference kind → the row's name
+
+
+def references(cfg: dict[str, Any], splits: Splits) -> list[ReferenceResult]:
+    """The protocol's reference rows on this data (whole dataset per evaluation model; its teacher, if any)."""
+    return reference_results(splits, EvalProtocol.from_dict(cfg["eval"]), Cache(cfg["paths"]["cache"]),
+                             progress=cfg.get("progress", False))
+
+
+def write_references(cfg: dict[str, Any], results: list[ReferenceResult], device: torch.device,
+                     command: str | None = None) -> list[Path]:
+    """One record per reference row: method 'whole dataset' or 'teacher', `reference` set, no ipc or artifact."""
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    paths = []
+    for result in results:
+        record = make_record(
+            run_id=run_id, method=REFERENCE_METHODS[result.kind], dataset=cfg["dataset"]["name"], ipc=None,
+            label_type="hard", protocol=cfg["eval"]["name"], eval_model=result.model, accuracies=result.accuracies,
+            seeds=result.seeds, distill_seconds=None, eval_seconds=result.seconds,
+            peak_gpu_memory_bytes=peak_memory_bytes(device), peak_cpu_memory_bytes=peak_rss_bytes(),
+            device=device_name(device), config_hash=stable_hash(cfg), config=cfg, seed=int(cfg["seed"]),
+            artifact=None, command=command, shortened=shortened_settings(cfg), teacher=result.teacher,
+            reference=result.kind,
+        )
+        paths.append(write_record(record, cfg["paths"]["records"]))
+    return paths
+
+
+def reference_rows(cfg: dict[str, Any], results: list[ReferenceResult]) -> str:
+    return "\n".join(
+        f"{REFERENCE_METHODS[r.kind]} | {cfg['dataset']['name']} | {cfg['eval']['name']} | {r.model} | "
+        f"{100 * mean_std(r.accuracies)[0]:.2f} ± {100 * mean_std(r.accuracies)[1]:.2f} % ({len(r.accuracies)} "
+        f"{'seeds' if len(r.accuracies) > 1 else 'value'}, {r.seconds:.1f} s)" for r in results)
 
 
 def save(artifact: Artifact, cfg: dict[str, Any]) -> Path:

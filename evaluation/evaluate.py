@@ -394,6 +394,48 @@ class Evaluator:
                          lambda: self.fit(protocol, name, images, targets, mode, lr, self.main_generator(name)))
 
 
+TEACHER_SOURCES = ("teacher", "static")  # label sources whose protocol has a teacher
+
+
+@dataclass
+class ReferenceResult:
+    """A reference row of a protocol: `whole_dataset` (eval model `model` trained on the whole real train set with
+    hard labels: the full-data run of HLR, per seed) or `teacher` (the protocol's teacher: one test accuracy)."""
+
+    kind: str  # whole_dataset | teacher
+    model: str
+    seeds: list[int]
+    accuracies: list[float]
+    seconds: float
+    teacher: dict[str, Any] | None = None
+
+
+def reference_results(splits: Splits, protocol: EvalProtocol, cache: Cache | None = None,
+                      progress: bool = False) -> list[ReferenceResult]:
+    """The reference rows a table of `protocol` prints beside its methods: the whole-dataset accuracy of every
+    evaluation model (the cached full-data baseline of HLR: hard labels, the protocol's augmentation,
+    `full_data` epochs/batch/lr) and, for protocols with a teacher, the teacher's test accuracy."""
+    evaluator = Evaluator(splits, protocol, cache, progress)
+    out = []
+    for name in evaluator.protocol.models:
+        before = evaluator.fit_seconds
+        start = time.perf_counter()
+        accuracies = evaluator.full_data_accuracy(name)
+        seconds = max(evaluator.fit_seconds - before, 0.0) or time.perf_counter() - start
+        out.append(ReferenceResult("whole_dataset", name, evaluator.protocol.seeds, accuracies, seconds))
+        log.info("whole dataset, %s (%s): %.2f ± %.2f %%", name, protocol.name, *[100 * v for v in mean_std(accuracies)])
+    if protocol.label_source in TEACHER_SOURCES:
+        start = time.perf_counter()
+        teacher = evaluator.teacher
+        summary = teacher.summary()
+        if teacher.test_accuracy is not None:
+            out.append(ReferenceResult("teacher", "+".join(teacher.names), [evaluator.protocol.teacher.seed],
+                                       [float(teacher.test_accuracy)], time.perf_counter() - start, summary))
+            log.info("teacher %s (%s): %.2f %% on the test set", "+".join(teacher.names), protocol.name,
+                     100 * teacher.test_accuracy)
+    return out
+
+
 def evaluate_synthetic(
     images: torch.Tensor,
     labels: torch.Tensor,

@@ -25,7 +25,7 @@ from ddbench.board import (
 )
 from ddbench.cli.board import main as board_main
 from ddbench.evaluation import EvalProtocol
-from ddbench.pipeline import check_method, resolved_config
+from ddbench.pipeline import check_method, resolved_config, shortened_settings
 from ddbench.methods import list_methods
 from ddbench.records import make_record, read_records, write_record
 from ddbench.utils import DDBenchError
@@ -37,7 +37,7 @@ def small_board(**changes) -> Board:
     data = {
         "name": "tiny", "dataset": "digits", "ipcs": [1, 10], "protocols": ["dc"], "eval_models": ["convnet"],
         "methods": {"random": {}, "dm": {"overrides": ["method.iterations=5"], "protocols": ["dc", "kd"]}},
-        "not_applicable": {"dm": {1: "needs more images"}},
+        "not_applicable": {"dm": {1: "needs more images"}}, "references": False,
     }
     data.update(changes)
     return Board.from_dict(data, "test")
@@ -171,18 +171,22 @@ def test_every_shipped_board_composes(tmp_path):
         for name in available_boards():
             board = load_board(name)
             for cell in cells(board)[0]:
-                assert cell.method in methods, f"board {name}: unknown method {cell.method}"
                 cfg = compose("config", overrides=[*cell.args, f"board.cell={cell.id}"])
-                assert cfg.method.name == cell.method and cfg.ipc == cell.ipc and cfg.eval.name == cell.protocol
                 cfg.paths.output = str(tmp_path)  # set by Hydra at run time
                 plain = resolved_config(cfg, overrides=list(cell.args))
-                check_method(plain)  # every method option of the cell exists and is valid
                 EvalProtocol.from_dict(plain["eval"])
+                assert cfg.eval.name == cell.protocol and list(cfg.eval.models) == list(cell.eval_models)
+                if cell.kind == "reference":  # ddbench-reference: no method
+                    continue
+                assert cell.method in methods, f"board {name}: unknown method {cell.method}"
+                assert cfg.method.name == cell.method and cfg.ipc == cell.ipc
+                check_method(plain)  # every method option of the cell exists and is valid
+                assert shortened_settings(plain, list(cell.args)) is None, f"{cell.label} would be off the board"
 
 
 def test_rendered_leaderboard_marks_not_applicable_cells_and_keeps_shortened_runs_off(tmp_path):
     board = load_board("digits")
-    todo, _ = cells(board)
+    todo = [c for c in cells(board)[0] if c.kind == "main"]
     rec = fake_record(todo[0].id)
     infer = next(c for c in todo if c.method == "infer" and c.ipc == 10 and c.protocol == "dc")
     short = dict(fake_record("x", method="dm"), shortened="smoke=true")
@@ -201,7 +205,8 @@ def test_rendered_leaderboard_marks_not_applicable_cells_and_keeps_shortened_run
 
 
 def test_two_cell_smoke_board_resumes_after_a_kill(tmp_path):
-    """Kill ddbench-board while its second cell runs; running it again runs only that cell."""
+    """Kill ddbench-board while its second cell runs (after its reference cell); running it again runs only the
+    cells without records, and the page shows the reference row beside the methods."""
     board = tmp_path / "two.yaml"
     board.write_text(yaml.safe_dump({
         "name": "two", "dataset": "digits", "ipcs": [1], "protocols": ["dc"], "eval_models": ["convnet"],
@@ -215,21 +220,24 @@ def test_two_cell_smoke_board_resumes_after_a_kill(tmp_path):
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(records.rglob("*.json")):
+    while time.time() < deadline and len(list(records.rglob("*.json"))) < 2:
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)  # the board and its running cell
     proc.wait()
-    first = [r["method"] for r in read_records(records)]
-    assert len(first) == 1
+    first = sorted(r["method"] for r in read_records(records))
+    assert len(first) == 2 and first[-1] == "whole dataset"  # the reference cell runs first
     other = ({"random", "herding"} - set(first)).pop()
     out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "1 of 2 cells already have records" in out.stdout
+    assert "2 of 3 cells already have records" in out.stdout
     assert f"[1/1] {other} ipc1 dc" in out.stdout
     after = read_records(records)
-    assert sorted(r["method"] for r in after) == ["herding", "random"]
+    assert sorted(r["method"] for r in after) == ["herding", "random", "whole dataset"]
     assert all(r["shortened"] and "smoke=true" in r["shortened"] for r in after)
     assert all(r["command"].startswith("ddbench-board") is False and "board.cell=" in r["command"] for r in after)
+    reference = next(r for r in after if r["method"] == "whole dataset")
+    assert reference["reference"] == "whole_dataset" and reference["ipc"] is None
+    assert reference["command"].startswith("ddbench-reference")
     assert (tmp_path / "site" / "README.md").is_file() and (tmp_path / "site" / "index.html").is_file()
     # a third run has nothing to do
     again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -240,7 +248,7 @@ def test_failed_cells_are_listed_and_write_no_record(tmp_path, capsys):
     board = tmp_path / "bad.yaml"
     board.write_text(yaml.safe_dump({
         "name": "bad", "dataset": "digits", "ipcs": [1], "protocols": ["dc"], "eval_models": ["convnet"],
-        "methods": {"random": {"overrides": ["smoke=true", "eval.num_seeds=0"]}},
+        "methods": {"random": {"overrides": ["smoke=true", "eval.num_seeds=0"]}}, "references": False,
     }))
     code = board_main([str(board), "--records", str(tmp_path / "records"), "--outputs", str(tmp_path / "out"),
                        "--out-dir", str(tmp_path / "site")])
@@ -316,7 +324,7 @@ def test_a_cell_past_its_timeout_gets_sigterm_first_so_it_can_save_a_checkpoint(
               "signal.signal(signal.SIGTERM, stop)\n"
               "print('ready', flush=True)\n"
               "time.sleep(60)\n")
-    monkeypatch.setattr(board_mod, "run_command", lambda: [sys.executable, "-c", script])
+    monkeypatch.setattr(board_mod, "run_command", lambda *name: [sys.executable, "-c", script])
     cell = board_mod.cells(small_board())[0][0]
     outcome = board_mod.run_cell(cell, tmp_path / "records", tmp_path / "out", timeout=3, log_dir=tmp_path / "logs")
     assert outcome.status == "failed" and outcome.seconds < 30

@@ -130,7 +130,7 @@ def test_page_is_self_contained_with_tables_and_plots(board):
     assert column(rows, "Peak CPU (GiB)")[4:] == ["—", "—", "0.50", "—"]
     cross = page.tables[CROSS]
     assert cross[0] == ["Method", "Labels", "IPC", "convnet", "alexnet", "Mean over models"]
-    assert ["dm", "hard", "10", "48.50 ± 0.50", "38.00 ± 0.00", "43.25"] in cross
+    assert ["dm", "hard", "10", "48.50 ± 0.50 (n=2)", "38.00 ± 0.00 (n=1)", "43.25"] in cross
     assert page.tables["t-cifar10-kd-main"][1] == ["dm", "soft", "55.00 ± 0.00"]
 
 

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from ddbench.board import Cell, available_boards, cells, format_seconds, load_board, run_board
+from ddbench.board import Cell, available_boards, cells, estimate_seconds, format_seconds, load_board, run_board
 from ddbench.utils import DDBenchError, one_line
 
 DEFAULT_RECORDS = "leaderboard/records"
-FILTER_KEYS = ("method", "ipc", "protocol")
+FILTER_KEYS = ("method", "ipc", "protocol", "kind")  # kind: main | cross | reference
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,15 +87,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             from ddbench.board import finished_cells
 
-            done = finished_cells(read())
+            found = read()
+            done = finished_cells(found)
             todo, na = cells(board)
+            left = 0.0
             for cell in todo:
                 if only(cell):
-                    state = "done" if set(cell.eval_models) <= done.get(cell.id, set()) else "missing"
-                    print(f"{state:8s} {cell.label:28s} {cell.id}  ddbench-run {' '.join(cell.args)}")
+                    finished = set(cell.eval_models) <= done.get(cell.id, set())
+                    eta = None if finished else estimate_seconds(cell, found, todo)
+                    left += eta or 0.0
+                    when = "" if finished else f"ETA {format_seconds(eta)}" if eta is not None else "ETA ?"
+                    print(f"{'done' if finished else 'missing':8s} {cell.label:34s} {when:12s} {cell.id}  "
+                          f"{cell.script} {' '.join(cell.args)}")
             for method, ipc, protocol, why in na:
-                if only(SimpleNamespace(method=method, ipc=ipc, protocol=protocol)):
+                if only(SimpleNamespace(method=method, ipc=ipc, protocol=protocol, kind="main")):
                     print(f"{'n/a':8s} {method} ipc{ipc} {protocol:10s} {why}")
+            print(f"estimated time of the missing cells with an ETA: {format_seconds(left)} (one job; ETA ? = nothing "
+                  "comparable has run yet)")
             return 0
 
         outcomes = run_board(board, records, read=read, output_root=args.outputs, rerun=args.rerun,

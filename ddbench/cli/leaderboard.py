@@ -15,14 +15,14 @@ from typing import Callable
 
 import pandas as pd
 
-from ddbench.records import leaderboard_frame, read_records, render_csv, render_markdown
+from ddbench.records import leaderboard_frame, read_records, reference_frame, render_csv, render_markdown
 from ddbench.records.html import html_report, render_html
 from ddbench.utils import DDBenchError, atomic_write_bytes, one_line
 
 DEFAULT_RECORDS = "leaderboard/records"
 
-# Output format name → renderer of the leaderboard frame. Add new formats here.
-FORMATS: dict[str, Callable[[pd.DataFrame], str]] = {
+# Output format name → renderer of the leaderboard frame (and the reference rows). Add new formats here.
+FORMATS: dict[str, Callable[..., str]] = {
     "md": render_markdown,
     "csv": render_csv,
     "html": render_html,
@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
             raise DDBenchError(f"{err} Fix or remove the file, or pass --lenient to skip invalid records "
                                "with a warning.") from err
         frame = leaderboard_frame(records, include_shortened=args.include_shortened)
+        references = reference_frame(records, include_shortened=args.include_shortened)
         if args.out and args.format == "html":  # the page, and its plots as PNG files beside it
             out = Path(args.out)
-            text, pngs = html_report(frame, png_stem=out.stem, n_records=len(records))
+            text, pngs = html_report(frame, png_stem=out.stem, n_records=len(records), references=references)
             for name, png in pngs.items():
                 atomic_write_bytes(out.parent / name, png)
         else:
-            text = FORMATS[args.format](frame)
+            text = FORMATS[args.format](frame, references=references)
         if args.out:
             path = atomic_write_bytes(args.out, text.encode("utf-8"))
             print(f"wrote leaderboard of {len(records)} records to {path}", file=sys.stderr)

@@ -22,7 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from ddbench.records.leaderboard import DEFAULT_EVAL_MODEL, SCORE_COLUMNS, _model_order
+from ddbench.records.leaderboard import (
+    DEFAULT_EVAL_MODEL, SCORE_COLUMNS, _model_order, cross_rows, model_mean, section_references,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d2433}
@@ -182,9 +184,18 @@ def _titled(cell: str, title: str) -> str:
     return cell.replace("<td", f'<td title="{html.escape(title)}"', 1)
 
 
-def _method_ipc_table(table_id: str, rows: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None) -> str:
+def _reference_cells(r: Any, n_columns: int) -> list[str]:
+    """One reference row's number repeated over `n_columns` cells, with its provenance on hover."""
+    text = f"{r.mean * 100:.2f} ± {r.std * 100:.2f}"
+    title = f"{int(r.n_seeds)} seed(s) · commit {r.git_commit or 'unknown'} · command: {r.command or 'unknown'}"
+    return [_titled(_cell(r.mean * 100, "num", text), title)] * n_columns
+
+
+def _method_ipc_table(table_id: str, rows: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None,
+                      references: pd.DataFrame | None = None, model: str = DEFAULT_EVAL_MODEL) -> str:
     """Methods (× label type) as rows, IPCs as columns, as papers print them; hover shows the provenance.
-    not_applicable: (method, ipc) → why the cell is invalid, shown as n/a with the reason on hover."""
+    not_applicable: (method, ipc) → why the cell is invalid, shown as n/a with the reason on hover. references:
+    the section's whole-dataset (of `model`) and teacher rows, the same number in every IPC column."""
     na = not_applicable or {}
     ipcs = sorted({int(i) for i in rows["ipc"]} | {ipc for _, ipc in na})
     columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text")]
@@ -204,6 +215,12 @@ def _method_ipc_table(table_id: str, rows: pd.DataFrame, not_applicable: dict[tu
                 text = f"{r.mean * 100:.2f} ± {r.std * 100:.2f}"
                 cells.append(_titled(_cell(r.mean * 100, "num", text), _provenance(r)))
         out.append(cells)
+    for r in ([] if references is None else references.itertuples()):
+        if r.reference == "whole_dataset" and r.eval_model != model:
+            continue
+        label = r.method if r.reference == "whole_dataset" else f"{r.method} ({r.eval_model})"
+        out.append([_cell(label, "text"), _cell("hard" if r.reference == "whole_dataset" else "—", "text")]
+                   + _reference_cells(r, len(ipcs)))
     return _table(table_id, columns, out)
 
 
@@ -233,25 +250,30 @@ def _detail_table(table_id: str, rows: pd.DataFrame) -> str:
     return _table(table_id, columns, out)
 
 
-def _cross_table(table_id: str, section: pd.DataFrame) -> str:
-    models = sorted(set(section["eval_model"]), key=_model_order)
+def _cross_table(table_id: str, section: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
+    """Method × architecture at the IPCs evaluated beyond ConvNet (see cross_rows); a missing model is an empty
+    cell, the mean is over complete rows only; the whole-dataset row closes the table."""
+    models, keys, cells = cross_rows(section)
     columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text"), _Col("ipc", "IPC")]
     columns += [_Col(f"model:{m}", m) for m in models] + [_Col("model_mean", "Mean over models")]
-    cells = {(r.method, r.label_type, int(r.ipc), r.eval_model): (r.mean, r.std) for r in section.itertuples()}
-    keys = sorted({(r.method, r.label_type, int(r.ipc)) for r in section.itertuples()},
-                  key=lambda k: (k[0].lower(), k[0], k[1], k[2]))
     out = []
-    for method, labels, ipc in keys:
-        row = [_cell(method, "text"), _cell(labels, "text"), _cell(ipc, "num", str(ipc))]
-        found = []
+    for key in keys:
+        row = [_cell(key[0], "text"), _cell(key[1], "text"), _cell(key[2], "num", str(key[2]))]
         for m in models:
-            if (method, labels, ipc, m) in cells:
-                mean, std = cells[(method, labels, ipc, m)]
-                found.append(mean)
-                row.append(_cell(mean * 100, "num", f"{mean * 100:.2f} ± {std * 100:.2f}"))
-            else:
-                row.append(_cell(None, "num"))
-        avg = sum(found) / len(found) if len(found) == len(models) else None  # only over complete rows
+            r = cells.get((*key, m))
+            row.append(_cell(None, "num") if r is None else _titled(
+                _cell(r.mean * 100, "num", f"{r.mean * 100:.2f} ± {r.std * 100:.2f} (n={int(r.n_seeds)})"),
+                _provenance(r)))
+        avg = model_mean(cells, key, models)
+        row.append(_cell(None if avg is None else avg * 100, "num", None if avg is None else f"{avg * 100:.2f}"))
+        out.append(row)
+    whole = {} if references is None else {r.eval_model: r for r in references.itertuples()
+                                            if r.reference == "whole_dataset"}
+    if whole:
+        row = [_cell("whole dataset", "text"), _cell("hard", "text"), _cell(None, "num")]
+        row += [_reference_cells(whole[m], 1)[0] if m in whole else _cell(None, "num") for m in models]
+        found = [whole[m].mean for m in models if m in whole]
+        avg = sum(found) / len(found) if len(found) == len(models) else None
         row.append(_cell(None if avg is None else avg * 100, "num", None if avg is None else f"{avg * 100:.2f}"))
         out.append(row)
     return _table(table_id, columns, out)
@@ -310,7 +332,8 @@ def plot_accuracy_vs_time(rows: pd.DataFrame, title: str) -> bytes:
 
 
 def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int | None = None,
-                not_applicable: dict[tuple[str, str, int], str] | None = None) -> tuple[str, dict[str, bytes]]:
+                not_applicable: dict[tuple[str, str, int], str] | None = None,
+                references: pd.DataFrame | None = None) -> tuple[str, dict[str, bytes]]:
     """(page, {png file name: bytes}). With png_stem, plots are also named `<stem>_<section>_<plot>.png` and the
     page links to them (the caller writes them next to the page); the page itself embeds every plot.
     not_applicable: (dataset, method, ipc) → why that cell is invalid (n/a in the method × IPC tables)."""
@@ -330,12 +353,20 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
                      "the runs (CUDA memory allocated; the process's max RSS). Hover a number for its seeds, times, git "
                      "commit and command; click a column header to sort.</p>")
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
-        parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na))
+        refs = section_references(references, dataset, protocol)
+        parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na, refs, model))
+        if not refs.empty:
+            parts.append('<p class="meta">Reference rows (the same at every IPC): <i>whole dataset</i> = the network '
+                         "trained on the whole real train set with hard labels under this protocol's augmentation; "
+                         "<i>teacher</i> = the protocol's teacher on the test set (it labels the students' "
+                         "batches).</p>")
         parts.append("<h3>Details</h3>")
         parts.append(_detail_table(slug("t", dataset, protocol, "detail"), primary))
         parts.append("<h3>Cross-architecture</h3>")
-        parts.append('<p class="meta">Accuracy (%) per evaluation model; the mean is over models, for complete rows.</p>')
-        parts.append(_cross_table(slug("t", dataset, protocol, "cross"), section))
+        parts.append('<p class="meta">Accuracy (%) per evaluation model, n = seeds per cell (a board may use fewer '
+                     "seeds on the extra architectures); empty = not run yet; the mean is over models, for complete "
+                     "rows only.</p>")
+        parts.append(_cross_table(slug("t", dataset, protocol, "cross"), section, refs))
         figures = []
         for kind, builder, caption in (
             ("acc_vs_ipc", plot_accuracy_vs_ipc, f"Accuracy vs IPC ({model})"),
@@ -375,6 +406,6 @@ fractions and LRS/ARS lie in [0, 1] (DD-Ranking's formulas on fractions).</p>
     return page, pngs
 
 
-def render_html(frame: pd.DataFrame) -> str:
+def render_html(frame: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
     """The self-contained page (plots embedded), for `ddbench-leaderboard --format html`."""
-    return html_report(frame)[0]
+    return html_report(frame, references=references)[0]

@@ -86,6 +86,8 @@ def leaderboard_frame(records: Iterable[dict[str, Any]], include_shortened: bool
     for record in records:
         if record.get("shortened") and not include_shortened:
             continue
+        if record.get("reference"):  # whole-dataset and teacher rows: see reference_frame
+            continue
         key = tuple(shown_method(record) if k == "method" else record[k] for k in CELL_KEYS)
         groups.setdefault(key, []).append(record)
 
@@ -119,6 +121,40 @@ def leaderboard_frame(records: Iterable[dict[str, Any]], include_shortened: bool
     return frame.reset_index(drop=True)
 
 
+REFERENCE_COLUMNS = ["dataset", "protocol", "reference", "method", "eval_model", "mean", "std", "n_seeds",
+                     "command", "git_commit"]
+REFERENCE_ORDER = ("whole_dataset", "teacher")
+
+
+def reference_frame(records: Iterable[dict[str, Any]], include_shortened: bool = False) -> pd.DataFrame:
+    """The reference rows (records with `reference` set, from ddbench-reference): one row per (dataset, protocol,
+    reference, eval_model), seeds pooled over records like the method cells; see REFERENCE_COLUMNS."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in records:
+        if not record.get("reference") or (record.get("shortened") and not include_shortened):
+            continue
+        key = (record["dataset"], record["protocol"], record["reference"], shown_method(record), record["eval_model"])
+        groups.setdefault(key, []).append(record)
+    rows = []
+    for (dataset, protocol, kind, method, model), group in groups.items():
+        pooled = [float(a) for record in group for a in record["accuracies"]]
+        mean, std = accuracy_stats(pooled)
+        newest = max(group, key=lambda r: (parse_time(r["created"]), str(r["run_id"])))
+        rows.append(dict(dataset=dataset, protocol=protocol, reference=kind, method=method, eval_model=model,
+                         mean=mean, std=std, n_seeds=len(pooled), command=newest.get("command"),
+                         git_commit=newest.get("git_commit")))
+    rows.sort(key=lambda r: (r["dataset"].lower(), r["protocol"], REFERENCE_ORDER.index(r["reference"]),
+                             _model_order(r["eval_model"])))
+    return pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
+
+
+def section_references(references: pd.DataFrame | None, dataset: str, protocol: str) -> pd.DataFrame:
+    """The reference rows of one (dataset, protocol) section (empty when there are none)."""
+    if references is None or references.empty:
+        return pd.DataFrame(columns=REFERENCE_COLUMNS)
+    return references[(references["dataset"] == dataset) & (references["protocol"] == protocol)]
+
+
 def format_cell(mean: float, std: float, n_seeds: int) -> str:
     """`84.31 ± 0.22 (n=5)`: mean and std in percent, n = number of pooled seeds."""
     return f"{mean * 100:.2f} ± {std * 100:.2f} (n={int(n_seeds)})"
@@ -149,7 +185,13 @@ def _method_rows(section: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: (p[0].lower(), p[0], p[1]))
 
 
-def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None) -> str:
+def _reference_label(r: Any) -> str:
+    """`whole dataset`, or `teacher (convnet)` when the teacher is another architecture than the table's."""
+    return r.method if r.reference == "whole_dataset" else f"{r.method} ({r.eval_model})"
+
+
+def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None,
+                references: pd.DataFrame | None = None) -> str:
     convnet = section[section["eval_model"].str.lower() == DEFAULT_EVAL_MODEL]
     if convnet.empty:
         return f"_No results evaluated on {DEFAULT_EVAL_MODEL_TITLE} ({DEFAULT_EVAL_MODEL}) yet._"
@@ -164,6 +206,12 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
                             for ipc in ipcs]
         for method, labels in methods
     ]
+    refs = [] if references is None else [
+        r for r in references.itertuples()
+        if r.reference == "teacher" or r.eval_model.lower() == DEFAULT_EVAL_MODEL]
+    for r in refs:  # the same number at every IPC: the reference does not depend on it
+        rows.append([_reference_label(r), "hard" if r.reference == "whole_dataset" else "—"]
+                    + [format_cell(r.mean, r.std, r.n_seeds)] * len(ipcs))
     times = {
         (r.method, r.label_type, int(r.ipc)):
             _seconds(r.distill_seconds) + (REUSED_MARK if r.distill_reused else "") + " + " + _seconds(r.eval_seconds)
@@ -178,6 +226,10 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
     )
     notes = [f"n/a: {method} at IPC {ipc}: {why}" for (method, ipc), why in sorted(na.items())
              if method in {m for m, _ in methods}]
+    if refs:
+        caption += (" Reference rows (the same at every IPC): `whole dataset` = the network trained on the whole real "
+                    "train set with hard labels under this protocol's augmentation; `teacher` = the protocol's teacher "
+                    "on the test set (it labels the students' batches).")
     text = caption + "\n\n" + _table(header, rows, n_labels=2)
     if notes:
         text += "\n\n" + "\n".join(f"- {_escape(n)}" for n in notes)
@@ -192,29 +244,55 @@ def _seconds(value: float) -> str:
     return MISSING_CELL if value is None or not math.isfinite(value) else f"{value:.0f}"
 
 
-def _cross_table(section: pd.DataFrame) -> str:
+def cross_rows(section: pd.DataFrame) -> tuple[list[str], list[tuple[str, str, int]], dict[tuple, Any]]:
+    """(models, row keys (method, labels, ipc), cells (method, labels, ipc, model) → frame row) of a cross table.
+    With several models, only the IPCs that some method was evaluated at beyond ConvNet are shown, and every
+    method at those IPCs is, with its missing models as missing cells (a cell still running is never left out)."""
     models = sorted(set(section["eval_model"]), key=_model_order)
-    cells = {
-        (r.method, r.label_type, int(r.ipc), r.eval_model): format_cell(r.mean, r.std, r.n_seeds)
-        for r in section.itertuples()
-    }
-    keys = sorted(
-        {(r.method, r.label_type, int(r.ipc)) for r in section.itertuples()},
-        key=lambda k: (k[0].lower(), k[0], k[1], k[2]),
-    )
-    rows = [
-        [method, labels, str(ipc)] + [cells.get((method, labels, ipc, m), MISSING_CELL) for m in models]
-        for method, labels, ipc in keys
-    ]
-    header = ["Method", "Labels", "IPC"] + models
-    caption = "Cross-architecture: test accuracy (%) per evaluation model."
+    cells = {(r.method, r.label_type, int(r.ipc), r.eval_model): r for r in section.itertuples()}
+    keys = sorted({(r.method, r.label_type, int(r.ipc)) for r in section.itertuples()},
+                  key=lambda k: (k[0].lower(), k[0], k[1], k[2]))
+    if len(models) > 1:
+        crossed = {k[2] for k in cells if k[3].lower() != DEFAULT_EVAL_MODEL}
+        keys = [k for k in keys if k[2] in crossed]
+    return models, keys, cells
+
+
+def model_mean(cells: dict[tuple, Any], key: tuple[str, str, int], models: list[str]) -> float | None:
+    """The mean accuracy over `models` of one row, only when every model has a result (never a partial mean)."""
+    found = [cells[(*key, m)].mean for m in models if (*key, m) in cells]
+    return sum(found) / len(found) if len(found) == len(models) else None
+
+
+def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
+    models, keys, cells = cross_rows(section)
+    rows = []
+    for key in keys:
+        mean = model_mean(cells, key, models)
+        rows.append([key[0], key[1], str(key[2])]
+                    + [format_cell(cells[(*key, m)].mean, cells[(*key, m)].std, cells[(*key, m)].n_seeds)
+                       if (*key, m) in cells else MISSING_CELL for m in models]
+                    + ([MISSING_CELL if mean is None else f"{mean * 100:.2f}"] if len(models) > 1 else []))
+    whole = {} if references is None else {r.eval_model: r for r in references.itertuples()
+                                            if r.reference == "whole_dataset"}
+    if whole:
+        found = [whole[m].mean for m in models if m in whole]
+        mean = sum(found) / len(found) if len(found) == len(models) else None
+        rows.append(["whole dataset", "hard", "all"]
+                    + [format_cell(whole[m].mean, whole[m].std, whole[m].n_seeds) if m in whole else MISSING_CELL
+                       for m in models]
+                    + ([MISSING_CELL if mean is None else f"{mean * 100:.2f}"] if len(models) > 1 else []))
+    header = ["Method", "Labels", "IPC"] + models + (["Mean over models"] if len(models) > 1 else [])
+    caption = ("Cross-architecture: test accuracy (%) per evaluation model; n = seeds per cell (a board may use "
+               "fewer seeds on the extra architectures); — = not run yet; the mean is over complete rows only.")
     return caption + "\n\n" + _table(header, rows, n_labels=3)
 
 
 def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, int], str] | None = None,
-                    title: str = "# ddbench leaderboard") -> str:
-    """Per (dataset, protocol): a method × IPC table on ConvNet (with seconds per cell), then a cross-architecture
-    table. not_applicable: (dataset, method, ipc) → why that cell is invalid (shown as n/a)."""
+                    title: str = "# ddbench leaderboard", references: pd.DataFrame | None = None) -> str:
+    """Per (dataset, protocol): a method × IPC table on ConvNet (with seconds per cell and the reference rows),
+    then a cross-architecture table. not_applicable: (dataset, method, ipc) → why that cell is invalid (shown as
+    n/a); references: reference_frame() of the same records."""
     parts = [title]
     if frame.empty:
         parts.append("_No records._")
@@ -226,8 +304,9 @@ def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, in
         section = frame[(frame["dataset"] == dataset) & (frame["protocol"] == protocol)]
         parts.append(f"## {_escape(dataset)} · protocol {_code(protocol)}")
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
-        parts.append(_main_table(section, na))
-        parts.append(_cross_table(section))
+        refs = section_references(references, dataset, protocol)
+        parts.append(_main_table(section, na, refs))
+        parts.append(_cross_table(section, refs))
     return "\n\n".join(parts) + "\n"
 
 
@@ -241,8 +320,12 @@ def neutralise_formula(value: Any) -> Any:
     return value
 
 
-def render_csv(frame: pd.DataFrame) -> str:
-    """The full frame as CSV (accuracies as fractions, full precision); text cells can't start a formula."""
+def render_csv(frame: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
+    """The full frame as CSV (accuracies as fractions, full precision); text cells can't start a formula. The
+    reference rows follow as rows of method 'whole dataset' / 'teacher' with an empty ipc."""
+    if references is not None and not references.empty:
+        extra = references.assign(label_type="hard")[[c for c in references.columns if c in frame.columns]]
+        frame = pd.concat([frame.astype({"ipc": "Int64"}), extra], ignore_index=True)
     safe = frame.copy()
     for column in safe.columns:
         if not pd.api.types.is_numeric_dtype(safe[column]):

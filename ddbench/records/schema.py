@@ -21,6 +21,7 @@ from ddbench.utils import DDBenchError, git_commit, mean_std, stable_hash, versi
 
 SCHEMA_VERSION = 1
 LABEL_TYPES = ("hard", "soft")
+REFERENCE_KINDS = ("whole_dataset", "teacher")  # rows printed beside the methods (ddbench-reference)
 # Absolute tolerance when checking `mean`/`std` against `accuracies`.
 STAT_TOLERANCE = 1e-6
 
@@ -38,7 +39,7 @@ SCHEMA: dict[str, Field] = {
     "run_id": Field((str,), True, "a non-empty string identifying the run"),
     "method": Field((str,), True, "the distillation method name, a non-empty string"),
     "dataset": Field((str,), True, "the dataset name, a non-empty string"),
-    "ipc": Field((int,), True, "images per class, an int >= 1"),
+    "ipc": Field((int, NoneType), True, "images per class, an int >= 1 (null only for a reference row)"),
     "label_type": Field((str,), True, "one of " + ", ".join(repr(t) for t in LABEL_TYPES)),
     "protocol": Field((str,), True, "the evaluation protocol name, e.g. 'dc'"),
     "eval_model": Field((str,), True, "the evaluation architecture, e.g. 'convnet'"),
@@ -63,6 +64,10 @@ SCHEMA: dict[str, Field] = {
     "distill_reused": Field(
         (bool,), False, "true when the run evaluated a set distilled by an earlier run (whose distill_seconds it reports)",
     ),
+    "reference": Field(
+        (str, NoneType), False,
+        "null for a method's run, or the reference row it holds: " + ", ".join(repr(k) for k in REFERENCE_KINDS),
+    ),
     "teacher": Field(
         (dict, NoneType), False,
         "null, or the teacher that made the targets: {models, test_accuracy, train_accuracy} (fractions)",
@@ -76,7 +81,7 @@ SCHEMA: dict[str, Field] = {
 # Defaults of the optional fields (copied per record).
 OPTIONAL_DEFAULTS: dict[str, Any] = {
     "scores": {}, "command": None, "shortened": None, "peak_cpu_memory_bytes": None, "distill_reused": False,
-    "teacher": None,
+    "teacher": None, "reference": None,
 }
 
 _NON_EMPTY = ("run_id", "method", "dataset", "protocol", "eval_model", "device", "config_hash")
@@ -131,7 +136,11 @@ def _check_values(rec: dict[str, Any], problems: list[str]) -> None:
     for name in _NON_EMPTY:
         if name in rec and not rec[name].strip():
             bad(name, "must be a non-empty string")
-    if "ipc" in rec and rec["ipc"] < 1:
+    if rec.get("reference") is not None and rec["reference"] not in REFERENCE_KINDS:
+        bad("reference", f"must be null or one of {', '.join(map(repr, REFERENCE_KINDS))}, got {rec['reference']!r}")
+    if "ipc" in rec and rec["ipc"] is None and rec.get("reference") is None:
+        bad("ipc", "images per class must be an int >= 1 (null only in a reference row, with 'reference' set)")
+    elif "ipc" in rec and rec["ipc"] is not None and rec["ipc"] < 1:
         bad("ipc", f"images per class must be an int >= 1, got {rec['ipc']!r}")
     if "label_type" in rec and rec["label_type"] not in LABEL_TYPES:
         bad("label_type", f"must be one of {', '.join(map(repr, LABEL_TYPES))}, got {rec['label_type']!r}")

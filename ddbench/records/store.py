@@ -35,7 +35,8 @@ def sanitize(name: Any) -> str:
 def record_path(record: dict[str, Any], records_dir: str | Path) -> Path:
     """`<records_dir>/<dataset>/<method>/<dataset>_<method>_ipc<ipc>_<protocol>_<eval_model>_<run_id>.json`."""
     dataset, method = sanitize(record["dataset"]), sanitize(record["method"])
-    parts = [dataset, method, f"ipc{int(record['ipc'])}", record["protocol"], record["eval_model"], record["run_id"]]
+    ipc = "ref" if record.get("ipc") is None else f"ipc{int(record['ipc'])}"
+    parts = [dataset, method, ipc, record["protocol"], record["eval_model"], record["run_id"]]
     name = "_".join(sanitize(p) for p in parts) + ".json"
     return Path(records_dir) / dataset / method / name
 

@@ -1,0 +1,239 @@
+"""Augmentation that fits the data, the teacher in the record, and the reference rows beside the methods."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from ddbench.board import Board, cells
+from ddbench.cache import Cache
+from ddbench.data import dataset_info, load_dataset
+from ddbench.evaluation import EvalProtocol, Evaluator, reference_results
+from ddbench.pipeline import shortened_settings
+from ddbench.records import leaderboard_frame, make_record, reference_frame, render_markdown
+from ddbench.records.html import html_report
+from ddbench.training import NetworkBatch, TeacherConfig, train
+from ddbench.training.recipe import TrainRecipe, crop_padding_for
+from ddbench.training.teacher import Teacher, load_teacher, teacher_key
+from ddbench.utils import DDBenchError, make_generator
+
+CPU = torch.device("cpu")
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_crop_padding_is_an_eighth_of_the_side_rounded_half_up():
+    assert [crop_padding_for(s) for s in (8, 16, 28, 32, 64, 224)] == [1, 2, 4, 4, 8, 28]
+
+
+@pytest.mark.parametrize("name, flip, padding", [("digits", False, 2), ("mnist", False, 4), ("svhn", False, 4),
+                                                 ("fashion_mnist", True, 4), ("cifar10", True, 4),
+                                                 ("tinyimagenet", True, 8)])
+def test_auto_follows_the_dataset_and_explicit_values_win(name, flip, padding):
+    info = dataset_info(name)
+    auto = TrainRecipe().for_data(info)
+    assert (auto.flip, auto.crop_padding) == (flip, padding)
+    explicit = TrainRecipe(flip=True, crop_padding=1).for_data(info)
+    assert (explicit.flip, explicit.crop_padding) == (True, 1)
+
+
+def test_every_protocol_and_its_teacher_resolve_for_the_data(digits_small):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("ddbench.conf", version_base=None):
+        for name in ("kd", "cda", "infer", "dq"):
+            cfg = OmegaConf.to_container(compose("config", overrides=[f"eval={name}"]).eval, resolve=True)
+            resolved = Evaluator(digits_small, EvalProtocol.from_dict(cfg)).protocol
+            assert (resolved.flip, resolved.crop_padding) == (False, 2), name
+            assert (resolved.teacher.flip, resolved.teacher.crop_padding) == (False, 2), name
+
+
+class RecordingNets:
+    """A network batch that keeps every training batch it sees (x [S,B,C,H,W])."""
+
+    def __init__(self, nets: NetworkBatch):
+        self.nets, self.name, self.seen = nets, nets.name, []
+
+    def __len__(self):
+        return len(self.nets)
+
+    def __call__(self, x):
+        self.seen.append(x.detach().clone())
+        return self.nets(x)
+
+    def __getattr__(self, name):
+        return getattr(self.nets, name)
+
+
+def test_a_dataset_that_must_not_be_mirrored_never_sees_a_flip_unless_asked(digits_small):
+    x = digits_small.train.images[:16]
+    y = digits_small.train.labels[:16]
+    mirrored = x.flip(-1)
+
+    def batches(flip) -> torch.Tensor:
+        nets = RecordingNets(NetworkBatch("mlp", digits_small.info, [0], CPU, vmap=False, width=8))
+        recipe = TrainRecipe(epochs=6, batch_size=16, lr=0.01, crop_padding=0, flip=flip).for_data(digits_small.info)
+        train(nets, x, y, recipe, make_generator(0))
+        return torch.cat([b.reshape(-1, *x.shape[1:]) for b in nets.seen])
+
+    def is_mirror(seen: torch.Tensor) -> torch.Tensor:  # a sample equal to a mirrored image and to no original
+        same = lambda ref: (seen[:, None] - ref[None]).abs().flatten(2).amax(-1).min(1).values < 1e-6  # noqa: E731
+        return same(mirrored) & ~same(x)
+
+    assert not is_mirror(batches("auto")).any()
+    assert is_mirror(batches(True)).any()  # asked for: flips happen
+
+
+def test_bad_augmentation_values_name_the_option():
+    with pytest.raises(DDBenchError, match="crop_padding must be 'auto' or an int >= 0"):
+        TrainRecipe(crop_padding=-1).check_recipe("eval")
+    with pytest.raises(DDBenchError, match="flip must be 'auto', true or false"):
+        TrainRecipe(flip="yes").check_recipe("eval.teacher")
+    with pytest.raises(DDBenchError, match="resolve it for the dataset"):
+        train(NetworkBatch("mlp", dataset_info("digits"), [0], CPU, vmap=False, width=8),
+              torch.zeros(4, 1, 16, 16), torch.zeros(4, dtype=torch.int64), TrainRecipe(epochs=1), make_generator(0))
+
+
+def test_the_dataset_can_say_otherwise(digits_small):
+    assert load_dataset("digits", max_train_per_class=5, max_test_per_class=2, mirror_safe=True).info.mirror_safe
+    info = replace(digits_small.info, mirror_safe=True)
+    assert TrainRecipe().for_data(info).flip is True
+
+
+def test_changing_the_augmentation_default_changes_the_teacher_key(digits_small):
+    auto = TeacherConfig(models=["convnet"])
+    old = TeacherConfig(models=["convnet"], flip=True, crop_padding=4)
+    assert teacher_key(auto, digits_small, 0) != teacher_key(old, digits_small, 0)
+    assert teacher_key(auto, digits_small, 0) == teacher_key(TeacherConfig(models=["convnet"], flip=False,
+                                                                           crop_padding=2), digits_small, 0)
+
+
+def test_a_teacher_caches_its_test_accuracy(digits_small, tmp_path):
+    cfg = TeacherConfig(models=["mlp"], model_kwargs={"mlp": {"width": 16}}, epochs=2, batch_size=64)
+    teacher = load_teacher(cfg, digits_small, CPU, Cache(tmp_path))
+    summary = teacher.summary()
+    assert summary["models"] == ["mlp"] and summary["flip"] is False and summary["crop_padding"] == 2
+    assert 0 <= summary["test_accuracy"] <= 1 and 0 <= summary["train_accuracy"] <= 1
+    logits = torch.cat([teacher(digits_small.test.images)])
+    assert summary["test_accuracy"] == pytest.approx(
+        float((logits.argmax(-1) == digits_small.test.labels).float().mean()))
+    assert load_teacher(cfg, digits_small, CPU, Cache(tmp_path)).summary() == summary  # from the cache
+
+
+def test_a_weak_teacher_gets_one_warning_line(digits_small, caplog):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("ddbench.conf", version_base=None):
+        cfg = OmegaConf.to_container(compose("config", overrides=["eval=kd"]).eval, resolve=True)
+    evaluator = Evaluator(digits_small, EvalProtocol.from_dict(cfg))
+    evaluator._teacher = Teacher([torch.nn.Identity()], ["convnet"], test_accuracy=0.889)
+    with caplog.at_level(logging.WARNING):
+        evaluator.warn_weak_teacher("convnet", 0.98)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "88.90 %" in warned[0] and "flip=False" in warned[0] and "epochs" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        evaluator.warn_weak_teacher("convnet", 0.90)  # within 2 points
+        evaluator.warn_weak_teacher("alexnet", 0.99)  # another architecture: not comparable
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_kd_run_records_its_teacher_and_a_reference_run_its_rows(tmp_path):
+    env_cache = f"paths.cache={tmp_path / 'cache'}"
+    run = subprocess.run([str(BIN / "ddbench-run"), "method=random", "dataset=digits", "ipc=1", "eval=kd",
+                          "smoke=true", f"paths.records={tmp_path / 'r'}", env_cache, f"hydra.run.dir={tmp_path / 'o'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "r").rglob("*.json")]
+    assert record["teacher"]["models"] == ["convnet"] and 0 <= record["teacher"]["test_accuracy"] <= 1
+    assert record["teacher"]["flip"] is False
+    ref = subprocess.run([str(BIN / "ddbench-reference"), "dataset=digits", "eval=kd", "smoke=true",
+                          f"paths.records={tmp_path / 'r'}", env_cache, f"hydra.run.dir={tmp_path / 'o2'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    refs = {r["reference"]: r for r in map(json.loads, (p.read_text() for p in (tmp_path / "r").rglob("*.json")))
+            if r.get("reference")}
+    assert set(refs) == {"whole_dataset", "teacher"}
+    assert refs["teacher"]["accuracies"] == [record["teacher"]["test_accuracy"]]  # the same cached teacher
+    assert refs["whole_dataset"]["mean"] == pytest.approx(record["scores"]["acc_full_hard"])  # HLR's cached run
+    assert refs["whole_dataset"]["ipc"] is None and refs["whole_dataset"]["method"] == "whole dataset"
+
+
+def test_reference_results_without_a_teacher_have_only_the_whole_dataset_rows(digits_small, tmp_path):
+    proto = EvalProtocol.from_dict({"epochs": 2, "num_seeds": 2, "models": ["mlp"], "model_kwargs": {"mlp": {"width": 8}},
+                                    "full_data": {"epochs": 1}})
+    results = reference_results(digits_small, proto, Cache(tmp_path))
+    assert [(r.kind, r.model, len(r.accuracies)) for r in results] == [("whole_dataset", "mlp", 2)]
+
+
+def record(method, ipc, model, accs, reference=None, protocol="dc"):
+    return make_record(run_id=f"{method}-{ipc}-{model}", method=method, dataset="digits", ipc=ipc, label_type="hard",
+                       protocol=protocol, eval_model=model, accuracies=accs, seeds=list(range(len(accs))),
+                       distill_seconds=None, eval_seconds=1.0, peak_gpu_memory_bytes=None, device="cpu", config={},
+                       seed=0, artifact=None, git_commit="abc", versions={}, reference=reference)
+
+
+def test_a_record_without_ipc_must_be_a_reference_row():
+    with pytest.raises(DDBenchError, match="null only in a reference row"):
+        record("dm", None, "convnet", [0.5])
+    with pytest.raises(DDBenchError, match="reference"):
+        record("x", None, "convnet", [0.5], reference="best")
+
+
+def test_reference_rows_and_a_partial_cross_architecture_table_render():
+    records = [record("dm", 1, "convnet", [0.8]), record("dm", 10, "convnet", [0.9, 0.92]),
+               record("dm", 10, "alexnet", [0.7]), record("random", 10, "convnet", [0.85]),
+               record("whole dataset", None, "convnet", [0.98, 0.99], "whole_dataset"),
+               record("whole dataset", None, "alexnet", [0.95], "whole_dataset"),
+               record("teacher", None, "convnet", [0.972], "teacher", protocol="kd"),
+               record("datm", 10, "convnet", [0.95], protocol="kd")]
+    frame, refs = leaderboard_frame(records), reference_frame(records)
+    assert "whole dataset" not in set(frame["method"])
+    text = render_markdown(frame, references=refs)
+    dc, kd = text.split("## digits · protocol `kd`")
+    assert "| whole dataset | hard | 98.50 ± 0.50 (n=2) | 98.50 ± 0.50 (n=2) |" in dc
+    assert "| teacher (convnet) | — | 97.20 ± 0.00 (n=1) |" in kd and "| whole dataset |" not in kd
+    cross = dc.split("Cross-architecture")[1]
+    assert "| convnet | alexnet | Mean over models |" in cross
+    assert "| dm | hard | 10 | 91.00 ± 1.00 (n=2) | 70.00 ± 0.00 (n=1) | 80.50 |" in cross
+    assert "| random | hard | 10 | 85.00 ± 0.00 (n=1) | — | — |" in cross  # still running: missing, never 0
+    assert "| dm | hard | 1 |" not in cross  # IPC 1 was evaluated on ConvNet only
+    assert "| whole dataset | hard | all | 98.50 ± 0.50 (n=2) | 95.00 ± 0.00 (n=1) | 96.75 |" in cross
+    page, _ = html_report(frame, references=refs)
+    assert page.count(">whole dataset</td>") == 2 and ">teacher (convnet)</td>" in page
+    assert "70.00 ± 0.00 (n=1)" in page
+
+
+def test_cross_architecture_cells_share_the_set_and_stay_on_the_board():
+    board = Board.from_dict({
+        "name": "x", "dataset": "digits", "ipcs": [1, 10], "eval_models": ["convnet"],
+        "methods": {"random": {}, "dm": {"overrides": ["method.iterations=5"]}},
+        "cross_architecture": {"models": ["alexnet", "vgg11"], "ipcs": [10], "num_seeds": 3},
+    }, "test")
+    todo, _ = cells(board)
+    kinds = [c.kind for c in todo]
+    assert kinds == ["reference"] + ["main"] * 4 + ["cross"] * 4
+    ref = todo[0]
+    assert ref.script == "ddbench-reference" and ref.eval_models == ("convnet", "alexnet", "vgg11")
+    main = next(c for c in todo if c.kind == "main" and c.method == "dm" and c.ipc == 10)
+    cross = [c for c in todo if c.kind == "cross" and c.method == "dm"]
+    assert [c.label for c in cross] == ["dm ipc10 dc alexnet", "dm ipc10 dc vgg11"]
+    assert all(c.distillation[:3] == main.distillation[:3] for c in cross)
+    assert {a for c in cross for a in c.args if a.startswith("method.")} == {"method.iterations=5"}
+    cfg = {"smoke": False, "eval": {"num_seeds": 3}, "board": {"num_seeds": 3}}
+    assert shortened_settings(cfg, list(cross[0].args)) is None
+    assert shortened_settings({**cfg, "board": {"num_seeds": None}}, list(cross[0].args)) == "eval.num_seeds=3"
+    with pytest.raises(DDBenchError, match="cross_architecture must map models and ipcs"):
+        Board.from_dict({"name": "x", "dataset": "digits", "ipcs": [1], "methods": {"random": {}},
+                         "cross_architecture": {"models": ["alexnet"]}}, "test")
