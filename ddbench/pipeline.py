@@ -282,6 +282,7 @@ def write_results(
             config_hash=stable_hash(cfg), config=cfg, seed=int(cfg["seed"]),
             artifact=None if artifact_path is None else str(artifact_path), command=command, scores=dict(result.scores),
             shortened=shortened_settings(cfg), distill_reused=distill_reused, teacher=result.teacher,
+            eval_batch_size=result.batch_size,
         )
         paths.append(write_record(record, cfg["paths"]["records"]))
     return paths

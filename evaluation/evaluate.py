@@ -48,6 +48,7 @@ class EvalResult:
     protocol: str = "dc"
     lr_source: str = "protocol"  # learned | grid | protocol
     teacher: dict[str, Any] | None = None  # {models, test_accuracy, train_accuracy} when a teacher made the targets
+    batch_size: int | None = None  # the training batch the networks used
 
     @property
     def mean(self) -> float:
@@ -312,6 +313,7 @@ class Evaluator:
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, learned_lr: torch.Tensor | None,
                  ipc: int) -> list[EvalResult]:
         """One result per architecture of the protocol (see `evaluate_synthetic`)."""
+        self.protocol = self.protocol.sized_for(images.shape[-4], len(self.splits.train))
         protocol = self.protocol
         mode = self.label_mode(protocol, labels)
         targets = self.targets(mode, images, labels)
@@ -324,7 +326,8 @@ class Evaluator:
             accuracies = self.fit(protocol, name, images, targets, mode, lr, self.main_generator(name))
             seconds = self.fit_seconds - before
             result = EvalResult(name, protocol.seeds, accuracies, seconds, lr, label_type, protocol=protocol.name,
-                                lr_source=lr_source, teacher=self.teacher.summary() if uses_teacher else None)
+                                lr_source=lr_source, teacher=self.teacher.summary() if uses_teacher else None,
+                                batch_size=protocol.batch_size)
             log.info("eval %s (%s, %s labels): %.2f ± %.2f %% over %d seeds (%.1f s)", name, protocol.name, label_type,
                      100 * result.mean, 100 * result.std, len(accuracies), seconds)
             if protocol.scores:
@@ -378,6 +381,7 @@ class Evaluator:
         """A helper's share of `evaluate`: the same training runs in reverse order (last architecture first, its
         score runs before its evaluation), skipping those another process is running; results go to the cache,
         where the main process finds them. Returns when no run is left that nobody holds."""
+        self.protocol = self.protocol.sized_for(images.shape[-4], len(self.splits.train))
         protocol = self.protocol
         mode = self.label_mode(protocol, labels)
         targets = self.targets(mode, images, labels)

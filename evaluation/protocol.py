@@ -94,6 +94,9 @@ class EvalProtocol(TrainRecipe):
     ars_weight: float = 0.5  # gamma of ARS
     full_data: FullDataConfig = field(default_factory=FullDataConfig)
     lr_grid: list[float] | None = None  # chosen on a validation split held out of train
+    # DQ's rule: a set of at most small_set_fraction of the train split trains with small_set_batch_size (null = off)
+    small_set_fraction: float | None = None
+    small_set_batch_size: int = 16
     val_fraction: float = 0.1  # per class
     val_seed: int = 0
     smoke: dict[str, Any] = field(default_factory=dict)  # applied by the pipeline under smoke=true
@@ -143,6 +146,10 @@ class EvalProtocol(TrainRecipe):
             raise DDBenchError("eval.score_weight and eval.ars_weight must be in [0, 1].")
         if self.lr_grid is not None and (not self.lr_grid or any(not lr > 0 for lr in self.lr_grid)):
             raise DDBenchError(f"eval.lr_grid must be null or a non-empty list of positive lrs, got {self.lr_grid}.")
+        if self.small_set_fraction is not None and not 0 < self.small_set_fraction <= 1:
+            raise DDBenchError(f"eval.small_set_fraction must be null or in (0, 1], got {self.small_set_fraction}.")
+        if self.small_set_batch_size < 1:
+            raise DDBenchError(f"eval.small_set_batch_size must be >= 1, got {self.small_set_batch_size}.")
         if not 0 < self.val_fraction < 1:
             raise DDBenchError(f"eval.val_fraction must be in (0, 1), got {self.val_fraction}.")
         if not self.teacher.models:
@@ -178,6 +185,13 @@ class EvalProtocol(TrainRecipe):
         """This protocol with its and its teacher's crop_padding/flip 'auto' resolved for dataset `info`."""
         return replace(TrainRecipe.for_data(self, info), teacher=self.teacher.for_data(info))
 
+    def sized_for(self, n_images: int, n_train: int) -> "EvalProtocol":
+        """This protocol for a set of n_images out of a train split of n_train: its batch is small_set_batch_size
+        when n_images / n_train <= small_set_fraction (DQ's validation rule), else batch_size."""
+        if self.small_set_fraction is None or n_images > self.small_set_fraction * n_train:
+            return self
+        return replace(self, batch_size=self.small_set_batch_size)
+
     @property
     def seeds(self) -> list[int]:
         return [self.seed_base + i for i in range(self.num_seeds)]
@@ -205,7 +219,8 @@ class EvalProtocol(TrainRecipe):
         """What determines a trained network's accuracy, apart from the model, the data, the lr and the seeds."""
         out = self.to_dict()
         for name in ("name", "models", "model_kwargs", "test_batch_size", "vmap", "compile", "scores", "score_weight",
-                     "ars_weight", "smoke", "num_seeds", "seed_base", "full_data", "learned_lr", "checkpoint_minutes"):
+                     "ars_weight", "smoke", "num_seeds", "seed_base", "full_data", "learned_lr", "checkpoint_minutes",
+                     "small_set_fraction", "small_set_batch_size"):  # the rule's result is in batch_size
             out.pop(name, None)
         out.pop("teacher", None)  # added by the caller when a teacher produces the targets
         out["train_epochs"] = self.train_epochs

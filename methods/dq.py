@@ -1,8 +1,12 @@
 """DQ: dataset quantization (Zhou et al., ICCV 2023), with the offline substitutes of the spec (§4.6).
 
 1. Features: a network trained by ddbench on the real train set (the cached teacher) gives, per sample, the
-   gradient embedding g = [δ, vec(δ eᵀ)] of its last layer (δ = softmax(z) − onehot(y): the plain CE gradient,
-   not DeepCore's CE-on-probabilities; e = embed(x)). g is never built: ⟨g_a, g_b⟩ = (δ_a·δ_b)(1 + e_a·e_b).
+   gradient embedding g = [δ, vec(δ eᵀ)] of its last layer, e = embed(x). δ is the gradient of the loss with
+   respect to the logits z: gradient=plain, cross-entropy on z (δ = softmax(z) − onehot(y)); gradient=reference,
+   DeepCore's cross-entropy applied to the softmax outputs p = softmax(z) (δ = J_softmax(z)ᵀ (softmax(p) −
+   onehot(y))). Both sum to 0 over the classes, so the true-class component is computed as minus the sum of the
+   others (1 − p_y would round to 0 in float32 at a large logit margin). g is never built:
+   ⟨g_a, g_b⟩ = (δ_a·δ_b)(1 + e_a·e_b).
    Similarity s = 0.5 + 0.5·cos(g_a, g_b), per class (features=embedding: the cosine of e instead).
 2. Bins: per class, N non-overlapping bins by greedy GraphCut, recursively on the remaining pool U: add
    argmax_k λ·Σ_{i∈U} s(i,k) − 2·Σ_{j∈S} s(j,k) until the bin holds round(|class|/N); the last bin is the rest.
@@ -30,6 +34,22 @@ from ddbench.training import TeacherConfig, load_teacher
 from ddbench.utils import DDBenchError
 
 MASK_NAME = "dq_patch_mask"
+
+
+GRADIENTS = ("plain", "reference")
+
+
+def logit_gradient(z: torch.Tensor, y: torch.Tensor, kind: str = "plain") -> torch.Tensor:
+    """δ [n, C]: the gradient of the per-sample loss with respect to the logits z [n, C] for labels y [n]
+    (kind plain: CE(z, y); reference: CE(softmax(z), y), DeepCore's), true class = minus the sum of the others."""
+    p = z.float().softmax(1)
+    if kind == "reference":
+        g = p.softmax(1) - F.one_hot(y, z.shape[1]).to(p.dtype)
+        delta = p * g - p * (p * g).sum(1, keepdim=True)
+    else:
+        delta = p
+    others = delta.scatter(1, y.view(-1, 1), 0.0)
+    return others.scatter(1, y.view(-1, 1), -others.sum(1, keepdim=True))
 
 
 def gradient_similarity(delta: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -134,6 +154,7 @@ class DQOptions(MethodOptions):
     num_bins: int = option(10, low=1)
     lam: float = option(1.0, positive=True)
     features: str = option("gradient", choices=("gradient", "embedding"))
+    gradient: str = option("plain", choices=GRADIENTS)  # plain CE on the logits | reference: CE on the softmax
     embedding: dict = option(factory=lambda: {"epochs": 40, "lr": 0.01, "batch_size": 256, "seed": 0})
     pixel: bool = True
     mask_ratio: float = option(0.2, low=0)
@@ -194,6 +215,7 @@ class DatasetQuantization(Method):
         meta: dict[str, Any] = {
             "dq": {
                 "num_bins": num_bins, "bin_size": bin_size.tolist(), "lam": lam, "features": features,
+                "gradient": o.gradient,
                 "embedding": {"network": self.model_cfg["name"], "epochs": self._teacher_config().epochs,
                               "gradient_embedding_dim": int(delta.shape[-1] * (1 + emb.shape[-1]))},
                 "keep_ratio": ipc * k_classes / len(train.images),
@@ -239,6 +261,6 @@ class DatasetQuantization(Method):
             x, y = self.splits.train.images[rows[i:i + chunk]], self.splits.train.labels[rows[i:i + chunk]]
             e = model.embed(x)
             z = model.classifier(e)
-            deltas.append(z.softmax(1) - F.one_hot(y, z.shape[1]).to(z.dtype))
+            deltas.append(logit_gradient(z, y, self.opts.gradient))
             embs.append(e)
         return torch.cat(deltas), torch.cat(embs)

@@ -68,6 +68,7 @@ SCHEMA: dict[str, Field] = {
         (str, NoneType), False,
         "null for a method's run, or the reference row it holds: " + ", ".join(repr(k) for k in REFERENCE_KINDS),
     ),
+    "eval_batch_size": Field((int, NoneType), False, "the batch the evaluation networks trained with, or null"),
     "teacher": Field(
         (dict, NoneType), False,
         "null, or the teacher that made the targets: {models, test_accuracy, train_accuracy} (fractions)",
@@ -81,7 +82,7 @@ SCHEMA: dict[str, Field] = {
 # Defaults of the optional fields (copied per record).
 OPTIONAL_DEFAULTS: dict[str, Any] = {
     "scores": {}, "command": None, "shortened": None, "peak_cpu_memory_bytes": None, "distill_reused": False,
-    "teacher": None, "reference": None,
+    "teacher": None, "reference": None, "eval_batch_size": None,
 }
 
 _NON_EMPTY = ("run_id", "method", "dataset", "protocol", "eval_model", "device", "config_hash")
