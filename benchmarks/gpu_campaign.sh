@@ -2,12 +2,17 @@
 # One GPU time slot of the campaign: the throughput table first, then as many Fashion-MNIST board cells as fit.
 #
 #   bash benchmarks/gpu_campaign.sh [MINUTES]          # default 9: fits a 10-minute slot
+#   bash benchmarks/gpu_campaign.sh --rehearse         # on a CPU, before a GPU is lent: every Fashion-MNIST cell's
+#                                                      # command with smoke=true in a scratch folder (nothing kept)
 #
 # Run from the repository root on a machine with a CUDA GPU. Wheels in .whl/ (if any) are installed first, for
 # machines that have torch but lack the suite's other dependencies and cannot reach a package index; Fashion-MNIST
 # is read from $DDBENCH_FMNIST (a folder of the four IDX .gz files) when set, else from the usual places.
 # Records go to leaderboard/records; rerun the same command in the next slot to go on (finished cells are skipped).
 set -euo pipefail
+if [ "${1:-}" = "--rehearse" ]; then
+  exec ddbench-board fashion_mnist --rehearse --jobs "${DDBENCH_JOBS:-2}"
+fi
 minutes="${1:-9}"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

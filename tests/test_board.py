@@ -331,3 +331,18 @@ def test_a_cell_past_its_timeout_gets_sigterm_first_so_it_can_save_a_checkpoint(
     assert "timeout" in outcome.error
     (log,) = (tmp_path / "logs").iterdir()
     assert "saved a checkpoint" in log.read_text()
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST not installed")
+def test_a_rehearsal_runs_board_cells_with_smoke_settings_in_a_scratch_folder(tmp_path):
+    """The GPU campaign's cells run on a CPU with smoke=true before a GPU is lent (a subset here; the whole board
+    is `ddbench-board fashion_mnist --rehearse`); nothing lands in the real records folder."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
+    out = subprocess.run([str(BIN / "ddbench-board"), "fashion_mnist", "--rehearse", "--only", "method=random",
+                          "--only", "ipc=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rehearsal of board fashion_mnist: 1 of 1 cell(s) passed in" in out.stdout
+    scratch = next(tmp_path.glob("ddbench-rehearsal-fashion_mnist-*"))
+    records = read_records(scratch / "records")
+    assert sorted(r["eval_model"] for r in records) == ["alexnet", "convnet", "resnet18_ap", "vgg11"]
+    assert all(r["shortened"] == "smoke=true" for r in records) and not (tmp_path / "leaderboard").exists()

@@ -155,8 +155,9 @@ def runs(tmp_path_factory) -> dict[str, Run]:
                    f"hydra.sweep.dir={sweep.out}"]
     started["sweep"] = sweep
     # SLURM goes through Hydra's submitit launcher; its local executor runs the same path on this machine
+    # (two methods; the ipc=5000 jobs fail before any work, so the sweep lists them and exits 1)
     submitit = make_run(base, "submitit", "ddbench-run", "-m", "hydra/launcher=submitit_local",
-                        "hydra.launcher.timeout_min=10", "method=random", "dataset=digits", "ipc=1", "seed=0,1",
+                        "hydra.launcher.timeout_min=10", "method=random,herding", "dataset=digits", "ipc=1,5000",
                         "smoke=true", *QUICK_EVAL, "progress=false", hydra=False)
     submitit.args += [f"paths.records={submitit.records}", f"paths.cache={submitit.root / 'cache'}",
                       f"hydra.sweep.dir={submitit.out}"]
@@ -335,15 +336,17 @@ def test_sweep_writes_one_record_per_job_and_the_leaderboard_shows_them(runs):
     assert set(frame["dataset"]) == {"digits"} and (frame["n_seeds"] == 1).all()
 
 
-def test_submitit_local_sweep_runs_each_job_through_submitit(runs):
+def test_submitit_local_sweep_runs_each_job_through_submitit_and_lists_the_failed_ones(runs):
     sweep = runs["submitit"].wait()
-    assert sweep.returncode == 0, sweep.explain()
+    assert sweep.returncode == 1, sweep.explain()  # two jobs failed: the sweep says so
+    assert "error: 2 sweep job(s) failed:" in sweep.stderr, sweep.explain()
+    assert sweep.stderr.count("ipc=5000") >= 2 and "use ipc <= 138" in sweep.stderr, sweep.explain()
     records = read_records(sweep.records)
-    assert sorted(r["seed"] for r in records) == [0, 1], sweep.explain()
+    assert sorted(r["method"] for r in records) == ["herding", "random"], sweep.explain()
     artifacts = {r["artifact"] for r in records}
     assert len(artifacts) == 2 and all(Path(a).parent.parent == sweep.out for a in artifacts)
-    assert sorted(load_artifact(a).meta["seed"] for a in artifacts) == [0, 1]  # each record names its own artifact
-    assert len(list((sweep.out / ".submitit").rglob("*_result.pkl"))) == 2  # both jobs ran as submitit jobs
+    assert sorted(load_artifact(a).meta["method"] for a in artifacts) == ["herding", "random"]  # its own artifact
+    assert len(list((sweep.out / ".submitit").rglob("*_result.pkl"))) == 4  # every job ran as a submitit job
 
 
 def test_record_json_is_plain(runs):

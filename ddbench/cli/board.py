@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -45,7 +46,25 @@ def build_parser() -> argparse.ArgumentParser:
                              "start helps a running cell with its training runs (helper=true)")
     parser.add_argument("--list", action="store_true", help="print the cells and their state, run nothing")
     parser.add_argument("--no-render", action="store_true", help="do not render the leaderboard at the end")
+    parser.add_argument("--rehearse", "--dry-run", action="store_true", dest="rehearse",
+                        help="run every (selected) cell's own command with smoke=true in a scratch folder (records, "
+                             "cache, outputs, page), so a broken cell is found before the real run; prints the wall "
+                             "time. --records then defaults to the scratch folder too")
     return parser
+
+
+def rehearsal(args: argparse.Namespace, board_name: str) -> Path:
+    """Point the run at a scratch folder and shrink every cell with smoke=true (the cells keep their ids)."""
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"ddbench-rehearsal-{board_name}-"))
+    if args.records == DEFAULT_RECORDS:
+        args.records = str(scratch / "records")
+    args.outputs = str(scratch / "outputs")
+    args.out_dir = args.out_dir or str(scratch / "site")
+    args.extra = ["smoke=true", f"paths.cache={scratch / 'cache'}", *args.extra]
+    print(f"rehearsal of board {board_name} in {scratch} (smoke=true; nothing is written elsewhere)")
+    return scratch
 
 
 def cell_filter(specs: list[str]):
@@ -71,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         from ddbench.board import render_leaderboard
 
         board = load_board(args.board)
+        started = time.perf_counter()
+        if args.rehearse:
+            rehearsal(args, board.name)
         records = Path(args.records)
         out_dir = Path(args.out_dir) if args.out_dir else records.parent
         only = cell_filter(args.only)
@@ -117,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_render:
             for path in render_leaderboard(read(), out_dir):
                 print(f"rendered {path}")
+        if args.rehearse:
+            print(f"rehearsal of board {board.name}: {len(ran) - len(failed)} of {len(ran)} cell(s) passed in "
+                  f"{format_seconds(time.perf_counter() - started)} of wall time")
         if failed:
             print(f"failed cells ({len(failed)}; no records were written for them; logs under "
                   f"{Path(args.outputs) / board.name / 'logs'}):", file=sys.stderr)
