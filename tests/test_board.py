@@ -262,8 +262,9 @@ def test_cli_rejects_bad_filters(tmp_path, capsys):
     assert board_main(["digits", "--records", str(tmp_path), "--only", "colour=red", "--list"]) == 2
     assert "--only 'colour=red'" in capsys.readouterr().err
     assert board_main(["digits", "--records", str(tmp_path), "--only", "method=dm", "--list"]) == 0
-    listed = capsys.readouterr().out.splitlines()
+    *listed, total = capsys.readouterr().out.splitlines()
     assert listed and all(" dm ipc" in line for line in listed)
+    assert any("ETA" in line for line in listed) and total.startswith("estimated time of the missing cells")
 
 
 def test_the_time_budget_bounds_the_running_cell():

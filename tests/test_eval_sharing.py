@@ -135,7 +135,7 @@ def test_a_helper_run_of_the_cli_writes_nothing_and_trains_the_runs_of_the_main_
 
 
 def test_the_board_gives_an_idle_job_to_a_cell_with_runs_to_share():
-    board = Board.from_dict({"name": "b", "dataset": "digits", "ipcs": [10], "eval_models": ["convnet"],
+    board = Board.from_dict({"name": "b", "dataset": "digits", "ipcs": [10], "eval_models": ["convnet"], "references": False,
                              "methods": {"random": {}, "dm": {"protocols": ["dc", "kd"]}}}, "test")
     todo, _ = cells(board)
     kd = next(c for c in todo if c.protocol == "kd")

@@ -135,7 +135,7 @@ def test_the_run_records_that_its_set_was_reused(tmp_path, monkeypatch, capsys):
 
 def test_the_board_runs_cells_that_share_a_distillation_after_the_others():
     board = Board.from_dict({
-        "name": "b", "dataset": "digits", "ipcs": [10, 50], "eval_models": ["convnet"],
+        "name": "b", "dataset": "digits", "ipcs": [10, 50], "eval_models": ["convnet"], "references": False,
         "methods": {"random": {}, "dm": {"overrides": ["method.iterations=5"], "protocols": ["dc", "kd"]}},
     }, "test")
     todo, _ = cells(board)
