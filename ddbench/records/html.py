@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from ddbench.records.leaderboard import (
-    DEFAULT_EVAL_MODEL, SCORE_COLUMNS, _model_order, cross_rows, model_mean, section_references,
+    DEFAULT_EVAL_MODEL, SCORE_COLUMNS, _model_order, cross_rows, model_mean, reference_label, section_references,
 )
 
 CSS = """
@@ -218,8 +218,7 @@ def _method_ipc_table(table_id: str, rows: pd.DataFrame, not_applicable: dict[tu
     for r in ([] if references is None else references.itertuples()):
         if r.reference == "whole_dataset" and r.eval_model != model:
             continue
-        label = r.method if r.reference == "whole_dataset" else f"{r.method} ({r.eval_model})"
-        out.append([_cell(label, "text"), _cell("hard" if r.reference == "whole_dataset" else "—", "text")]
+        out.append([_cell(reference_label(r), "text"), _cell("hard" if r.reference == "whole_dataset" else "—", "text")]
                    + _reference_cells(r, len(ipcs)))
     return _table(table_id, columns, out)
 

@@ -185,7 +185,7 @@ def _method_rows(section: pd.DataFrame) -> list[tuple[str, str]]:
     return sorted(pairs, key=lambda p: (p[0].lower(), p[0], p[1]))
 
 
-def _reference_label(r: Any) -> str:
+def reference_label(r: Any) -> str:
     """`whole dataset`, or `teacher (convnet)` when the teacher is another architecture than the table's."""
     return r.method if r.reference == "whole_dataset" else f"{r.method} ({r.eval_model})"
 
@@ -210,7 +210,7 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
         r for r in references.itertuples()
         if r.reference == "teacher" or r.eval_model.lower() == DEFAULT_EVAL_MODEL]
     for r in refs:  # the same number at every IPC: the reference does not depend on it
-        rows.append([_reference_label(r), "hard" if r.reference == "whole_dataset" else "—"]
+        rows.append([reference_label(r), "hard" if r.reference == "whole_dataset" else "—"]
                     + [format_cell(r.mean, r.std, r.n_seeds)] * len(ipcs))
     times = {
         (r.method, r.label_type, int(r.ipc)):
