@@ -78,6 +78,7 @@ def check_dataset(data: dict[str, Any]) -> Any:
             check_bool(f"dataset.{key}", data[key])
     if data.get("mirror_safe") is not None:
         check_bool("dataset.mirror_safe", data["mirror_safe"])
+    check_bool("dataset.skip_bad_files", data.get("skip_bad_files", False))
     eps = data.get("zca_eps", 0.1)
     if not _is_number(eps) or not eps > 0:
         raise DDBenchError(f"dataset.zca_eps must be a number > 0, got {eps!r}; e.g. dataset.zca_eps=0.1.")

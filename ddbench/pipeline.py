@@ -122,7 +122,8 @@ def load_splits(cfg: dict[str, Any], device: torch.device) -> Splits:
         data["name"], root=data.get("root"), device=device, zca=data.get("zca", False), zca_eps=data.get("zca_eps", 0.1),
         download=data.get("download", False), max_train_per_class=data.get("max_train_per_class"),
         max_test_per_class=data.get("max_test_per_class"), image_size=data.get("image_size"),
-        mirror_safe=data.get("mirror_safe"),
+        mirror_safe=data.get("mirror_safe"), skip_bad_files=data.get("skip_bad_files", False),
+        cache=cfg.get("paths", {}).get("cache"),
     )
 
 

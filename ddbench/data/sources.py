@@ -164,41 +164,32 @@ def load_svhn(root: Path, download: bool) -> RawSplits:
 
 
 def load_image_folder(folder: Path, image_size: int, classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Read an ImageFolder tree (one sub-folder per class) into [N,C,H,W] in [0,1], resized to image_size."""
-    from PIL import Image
+    """Read one ImageFolder tree (one sub-folder per class) into [N,3,S,S] in [0,1], resized to S = image_size.
 
-    if not folder.is_dir():
-        raise DDBenchError(f"image folder {folder} does not exist; expected {folder}/<class>/<image files>.")
-    classes = classes or sorted(p.name for p in folder.iterdir() if p.is_dir())
-    if not classes:
-        raise DDBenchError(f"no class sub-folders in {folder}; expected {folder}/<class>/<image files>.")
-    images, labels = [], []
-    for index, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".webp"})
-        if not files:
-            raise DDBenchError(f"class folder {folder / name} holds no images (png/jpg/jpeg/bmp/webp).")
-        for file in files:
-            with Image.open(file) as img:
-                img = img.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-            labels.append(index)
-    return torch.stack(images).float().div_(255.0), torch.tensor(labels, dtype=torch.int64), classes
+    Bad files stop with a DDBenchError naming them, or are skipped under `folders.folder_options(skip_bad=True)`
+    (see ddbench/data/folders.py for what is checked and what is ignored)."""
+    from ddbench.data.folders import read_image_folder
+
+    found = read_image_folder(folder, image_size, classes)
+    return found.train_x.float().div_(255.0), found.train_y, found.classes
 
 
-def _folder_splits(train_dir: Path, test_dirs: list[Path], image_size: int, classes: list[str] | None = None) -> RawSplits:
-    train_x, train_y, names = load_image_folder(train_dir, image_size, classes)
-    test_dir = next((d for d in test_dirs if d.is_dir()), None)
-    if test_dir is None:
-        raise DDBenchError(f"no test split next to {train_dir}: expected one of {', '.join(map(str, test_dirs))}.")
-    test_x, test_y, _ = load_image_folder(test_dir, image_size, names)
-    return train_x, train_y, test_x, test_y
+def _folder_splits(train_dir: Path, test_dirs: list[Path], image_size: int, classes: list[str] | None = None,
+                   channels: int | None = 3, ignore: tuple[str, ...] = ()) -> RawSplits:
+    """A registered folder dataset: train_dir and the first existing test_dirs, every file converted to
+    `channels`, no class dropped (its class count is fixed); bad files checked, decoded in parallel and cached
+    (ddbench/data/folders.py; skip_bad_files and the cache root come from `folder_options`)."""
+    from ddbench.data.folders import read_folder_splits
+
+    return read_folder_splits(train_dir, test_dirs, image_size, classes, channels=channels, keep_classes=True,
+                              ignore=ignore).raw()
 
 
 @register_dataset(DatasetInfo("tinyimagenet", 3, 64, 200, IMAGENET_MEAN, IMAGENET_STD, train_min_per_class=500))
 def load_tiny_imagenet(root: Path, download: bool) -> RawSplits:
     """Tiny-ImageNet as ImageFolder: `<root>/tiny-imagenet-200/train/<wnid>/` and `val/<wnid>/` (val regrouped)."""
     base = root / "tiny-imagenet-200" if (root / "tiny-imagenet-200").is_dir() else root
-    return _folder_splits(base / "train", [base / "val_grouped", base / "val"], 64)
+    return _folder_splits(base / "train", [base / "val_grouped", base / "val"], 64, ignore=("*_boxes.txt",))
 
 
 IMAGENETTE = ["n01440764", "n02102040", "n02979186", "n03000684", "n03028079",

@@ -102,19 +102,29 @@ def load_dataset(
     max_test_per_class: int | None = None,
     image_size: int | None = None,
     mirror_safe: bool | None = None,
+    skip_bad_files: bool = False,
+    cache: str | Path | None = None,
 ) -> Splits:
     """Load a registered dataset (or `imagefolder` at `root`) normalized with its mean/std, or ZCA-whitened.
 
     ZCA is fitted on the raw [0,1] training pixels (as the trajectory-matching repos do) and replaces the
     mean/std normalization. mirror_safe: whether a horizontal flip keeps every class (None: the dataset's own
     declaration); crop-and-flip recipes read it (TrainRecipe.for_data).
+
+    Datasets read from image folders (imagefolder, tinyimagenet, imagenette, imagewoof) stop on bad files with
+    a DDBenchError naming them, before anything trains; skip_bad_files=True skips them with one warning instead
+    (ddbench/data/folders.py says what is checked). Their decoded pixels are cached under `cache` (a cache root;
+    None: the default cache), kind "folders", keyed on the file list with sizes and mtimes.
     """
+    from ddbench.data.folders import folder_options
+
     root = Path(root) if root else default_data_root()
-    if name == "imagefolder":
-        info, raw = _imagefolder(root, image_size or 32)
-    else:
-        info = dataset_info(name)
-        raw = dataset_loader(name)(root, download)
+    with folder_options(skip_bad=skip_bad_files, cache=cache):
+        if name == "imagefolder":
+            info, raw = _imagefolder(root, image_size or 32)
+        else:
+            info = dataset_info(name)
+            raw = dataset_loader(name)(root, download)
     train_x, train_y, test_x, test_y = raw
     if image_size and image_size != info.image_size:
         import torch.nn.functional as F
@@ -145,15 +155,17 @@ def load_dataset(
 
 
 def _imagefolder(root: Path, image_size: int):
-    from ddbench.data.sources import _folder_splits
+    """`<root>/train/<class>/*` and `<root>/test (or val)/<class>/*`: channels from the files' majority (1 for an
+    all-grayscale folder, else 3), mean/std from the train pixels; options from `folder_options`."""
+    from ddbench.data.folders import read_folder_splits
 
-    raw = _folder_splits(root / "train", [root / "test", root / "val"], image_size)
-    train_x = raw[0]
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    info = DatasetInfo(
-        "imagefolder", train_x.shape[1], image_size, len(classes),
-        tuple(train_x.mean(dim=(0, 2, 3)).tolist()), tuple(train_x.std(dim=(0, 2, 3)).tolist()), tuple(classes),
-    )
     if not root.exists():
         raise DDBenchError(f"dataset.root={root} does not exist; expected {root}/train/<class>/* and {root}/test/<class>/*.")
+    found = read_folder_splits(root / "train", [root / "test", root / "val"], image_size, channels=None)
+    raw = found.raw()
+    train_x = raw[0]
+    info = DatasetInfo(
+        "imagefolder", train_x.shape[1], image_size, len(found.classes),
+        tuple(train_x.mean(dim=(0, 2, 3)).tolist()), tuple(train_x.std(dim=(0, 2, 3)).tolist()), tuple(found.classes),
+    )
     return info, raw
