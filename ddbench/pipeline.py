@@ -244,6 +244,9 @@ def evaluate(cfg: dict[str, Any], artifact: Artifact, splits: Splits) -> list[Ev
             f"{splits.info.name} has {splits.info.num_classes} classes of shape {list(splits.info.shape)}; "
             "evaluate it with the dataset it was distilled from (dataset=...)."
         )
+    from ddbench.evaluation.derive import eval_config_for_artifact
+
+    cfg["eval"] = eval_config_for_artifact(cfg["eval"], artifact.meta)  # eval=infer_dyn: the artifact's teachers
     protocol = EvalProtocol.from_dict(cfg["eval"])
     images, labels = artifact.training_set()  # a factorized artifact is materialised here
     return evaluate_synthetic(images, labels, splits, protocol, artifact.lr, progress=cfg.get("progress", False),

@@ -95,10 +95,16 @@ class Evaluator:
             self._val = holdout_split(self.splits.train, self.protocol.val_fraction, self.protocol.val_seed)
         return self._val
 
-    def teacher_key(self) -> dict[str, Any]:
-        """What determines the protocol's teacher (its recipe, models and seed), for cache keys."""
+    def teacher_key(self, bn: str = "eval") -> dict[str, Any]:
+        """What determines the protocol's teacher (its recipe, models and seed) and, for bn='train', the BatchNorm
+        mode it relabels batches in (teacher_bn), for cache keys."""
         t = self.protocol.teacher
-        return t.recipe().to_dict() | {"models": t.models, "model_kwargs": t.model_kwargs, "seed": t.seed}
+        key = t.recipe().to_dict() | {"models": t.models, "model_kwargs": t.model_kwargs, "seed": t.seed}
+        return (key | {"bn": bn}) if bn != "eval" else key
+
+    def relabeller(self, protocol: EvalProtocol) -> Teacher:
+        """The online teacher of `protocol` (label_source=teacher): the teacher in BatchNorm mode teacher_bn."""
+        return self.teacher.with_bn(protocol.teacher_bn)
 
     def fingerprint(self) -> dict[str, Any]:
         from ddbench.training.embedding import data_fingerprint
@@ -151,7 +157,7 @@ class Evaluator:
                "recipe": recipe.to_dict(), "mode": mode, "images": tensor_digest(images),
                "targets": None if targets is None else tensor_digest(targets),
                "generator": tensor_digest(generator.get_state()), "vmap": nets.vmapped, "compile": compiled,
-               "teacher": self.teacher_key() if mode == "teacher" else None}
+               "teacher": self.teacher_key(protocol.teacher_bn) if mode == "teacher" else None}
         result_key = key | {"split": split}
         found = self.cache.load(FITS, result_key, required=FIT_RESULT)
         if found is None:
@@ -170,7 +176,7 @@ class Evaluator:
                         split: str, check: bool, checkpoint: Checkpointer | None,
                         result_key: dict[str, Any] | None = None) -> list[float] | None:
         start = time.perf_counter()
-        teacher = self.teacher if mode == "teacher" else None
+        teacher = self.relabeller(protocol) if mode == "teacher" else None
         train(nets, images, targets, recipe, generator, teacher=teacher, progress=self.progress, checkpoint=checkpoint)
         finite = bool(nets.all_finite())
         data = self.val_split()[1] if split == "val" else self.splits.test  # the only place test images are read
@@ -257,7 +263,7 @@ class Evaluator:
             "lr": {"grid": protocol.lr_grid, "val": [protocol.val_fraction, protocol.val_seed]} if grid else lr,
         }
         if mode != "hard":
-            key["teacher"] = self.teacher_key()
+            key["teacher"] = self.teacher_key(protocol.teacher_bn if mode == "teacher" else "eval")
 
         def build() -> dict[str, torch.Tensor]:
             source = self.val_split()[0] if grid else self.splits.train
@@ -325,9 +331,9 @@ class Evaluator:
             lr, lr_source = self.choose_lr(protocol, name, images, targets, mode, learned_lr)
             accuracies = self.fit(protocol, name, images, targets, mode, lr, self.main_generator(name))
             seconds = self.fit_seconds - before
+            teacher = self.teacher_summary(protocol, mode) if uses_teacher else None
             result = EvalResult(name, protocol.seeds, accuracies, seconds, lr, label_type, protocol=protocol.name,
-                                lr_source=lr_source, teacher=self.teacher.summary() if uses_teacher else None,
-                                batch_size=protocol.batch_size)
+                                lr_source=lr_source, teacher=teacher, batch_size=protocol.batch_size)
             log.info("eval %s (%s, %s labels): %.2f ± %.2f %% over %d seeds (%.1f s)", name, protocol.name, label_type,
                      100 * result.mean, 100 * result.std, len(accuracies), seconds)
             if protocol.scores:
@@ -339,6 +345,10 @@ class Evaluator:
                 self.warn_weak_teacher(name, result.scores.get("acc_full_hard"))
             results.append(result)
         return results
+
+    def teacher_summary(self, protocol: EvalProtocol, mode: str) -> dict[str, Any]:
+        """The record's `teacher` of a run in label mode `mode` (its BatchNorm mode when it relabels online)."""
+        return (self.relabeller(protocol) if mode == "teacher" else self.teacher).summary()
 
     def warn_weak_teacher(self, name: str, whole_data: float | None) -> None:
         """One warning when the teacher's test accuracy is more than TEACHER_SLACK below what `name` reaches

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ddbench.training.networks import COMPILE_CHOICES
-from ddbench.training.recipe import TeacherConfig, TrainRecipe
+from ddbench.training.recipe import TeacherConfig, TrainRecipe, without_neutral
+from ddbench.training.teacher import TEACHER_BN
 from ddbench.utils import DDBenchError, check_option_types
 
 KINDS = ("dc", "kd")
@@ -88,6 +89,12 @@ class EvalProtocol(TrainRecipe):
     checkpoint_minutes: float = 10.0  # save a training run's state this often (0 = never); a rerun resumes it
     label_source: str = "artifact"
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # label_source=teacher: the teacher's BatchNorm while it relabels a batch: eval (running statistics) or train
+    # (each network's batch normalised with its own statistics, running statistics untouched; SRe2L/CDA CIFAR)
+    teacher_bn: str = "eval"
+    # INFER artifacts: relabel with the teachers the artifact records, epochs rescaled to their count (see
+    # ddbench.evaluation.derive), unless eval.teacher / eval.epochs differ from the protocol file's values
+    artifact_teacher: bool = False
     # --- fair scores and model selection
     scores: list[str] = field(default_factory=list)
     score_weight: float = 0.5  # w of LRS: alpha = w*IOR - (1-w)*HLR
@@ -131,6 +138,7 @@ class EvalProtocol(TrainRecipe):
         if self.kind == "dc" and self.augment == "crop_flip":
             raise DDBenchError("eval.augment=crop_flip needs eval.kind=kd; kind dc supports 'dsa' or 'none'.")
         _check_choice("label_source", self.label_source, LABEL_SOURCES)
+        _check_choice("teacher_bn", self.teacher_bn, TEACHER_BN)
         _check_choice("compile", self.compile, COMPILE_CHOICES)
         if self.kind == "dc" and self.label_source not in ("artifact", "hard"):
             raise DDBenchError(f"eval.label_source={self.label_source!r} needs eval.kind=kd "
@@ -223,8 +231,10 @@ class EvalProtocol(TrainRecipe):
                      "small_set_fraction", "small_set_batch_size"):  # the rule's result is in batch_size
             out.pop(name, None)
         out.pop("teacher", None)  # added by the caller when a teacher produces the targets
+        out.pop("artifact_teacher", None)  # applied before training (the teacher and epochs it set are here)
+        out.pop("teacher_bn", None)  # part of the teacher's key (Evaluator.teacher_key), like the teacher
         out["train_epochs"] = self.train_epochs
-        return out
+        return without_neutral(out)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -86,6 +86,8 @@ class ExpertSpec(TrainRecipe):
             keep += ["rho", "gsam_alpha", "adaptive"]
         if self.schedule != "constant":
             keep += ["schedule", "lr_decay_at", "lr_decay_factor"]
+        if self.warmup_epochs:
+            keep += ["warmup_epochs"]
         plain = asdict(self)
         return {k: plain[k] for k in keep}
 

@@ -9,6 +9,7 @@ As in the reference the teacher sees the unclipped X_g + u; the decoded images a
 The artifact is factorized: real images + UFCs + the decode rule (ddbench.artifact.decode) in meta; the training
 set is every real image and every real + UFC combination, ipc_init·(M+1) per class. Labels (static, the
 reference's val_static): the mean of the M teachers' logits on each materialised image, stored in the artifact.
+meta["teacher"] is the M teachers' resolved TeacherConfig (as a dict), so eval=infer_dyn relabels with them.
 INFER has no setting where ipc_init = 0 (IPC 1): small_ipc=real stores ipc real images per class with the
 ensemble's labels (no UFC; meta["variant"] says so), small_ipc=error refuses before any teacher is trained.
 """
@@ -105,7 +106,7 @@ class INFER(Method):
         high_t = None if clamp is None else torch.tensor(clamp["high"], device=self.device)
         train_set = materialise_ufc(real, ufc, low_t, high_t)
         meta = {"decode": rule, "storage": STORAGE_NOTE, "stored_images": {"real": g * k, "ufc": g * m},
-                "label_kind": o.labels, "final_loss": float(torch.cat(losses).mean())}
+                "label_kind": o.labels, "final_loss": float(torch.cat(losses).mean()), "teacher": cfg.to_dict()}
         return DistillResult(real, self.labels_of(train_set, teacher, g * (m + 1)), extras={"ufc": ufc}, meta=meta)
 
     def labels_of(self, images: torch.Tensor, teacher: Teacher | None, per_class: int) -> torch.Tensor:
@@ -125,5 +126,5 @@ class INFER(Method):
             teacher = load_teacher(cfg, self.splits, self.device, self.cache, self.opts.progress)
         meta = {"variant": "no UFC fits the budget (ipc_init = 0): real images + ensemble labels",
                 "storage": STORAGE_NOTE, "stored_images": {"real": len(images), "ufc": 0},
-                "label_kind": self.opts.labels}
+                "label_kind": self.opts.labels, "teacher": cfg.to_dict()}
         return DistillResult(images, self.labels_of(images, teacher, self.ipc), meta=meta)

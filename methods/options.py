@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ddbench.training.recipe import without_neutral
 from ddbench.utils import DDBenchError
 
 # Options that only say how a run is watched, checked or saved, never what it computes: left out of the keys of
@@ -94,4 +95,6 @@ class MethodOptions:
         """Cross-field rules of a method (override)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The options as a plain dict (checkpoint keys hold it), nested recipes' KEY_NEUTRAL fields at their
+        default left out (ddbench.training.recipe.without_neutral), so keys of earlier runs stay valid."""
+        return without_neutral(dataclasses.asdict(self))

@@ -4,7 +4,8 @@ TeacherOptions extends the shared TeacherConfig (so every recipe field is declar
 kuangliu CIFAR recipe as defaults and `models: auto`. Teachers are trained by ddbench on the full real train split
 and cached by recipe (ddbench.training.load_teacher), so a method and an evaluation protocol with the same teacher
 block share one trained network. `auto` picks by image size: ResNet-18-mod (resnet18_cifar) for 32 px and larger,
-ConvNet-BN below; INFER's ensemble adds MobileNetV2 and VGG-11-BN (and EfficientNet-B0 from timm at 32 px and up).
+ConvNet-BN below; INFER's ensemble adds MobileNetV2 and VGG-11-BN (and at 32 px and up the CIFAR EfficientNet-B0,
+efficientnet_b0_cifar: stride-1 stem, 2x2 last map at 32 px, as the reference's; timm's efficientnet_b0 ends on 1x1).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def auto_models(info: DatasetInfo, ensemble: bool) -> list[str]:
     if info.image_size >= 32:
         if not ensemble:
             return ["resnet18_cifar"]
-        return ["resnet18_cifar", "mobilenetv2_cifar", "timm:efficientnet_b0", "vgg11_bn"]
+        return ["resnet18_cifar", "mobilenetv2_cifar", "efficientnet_b0_cifar", "vgg11_bn"]
     return ["convnet_bn", "mobilenetv2_cifar", "vgg11_bn"] if ensemble else ["convnet_bn"]
 
 

@@ -134,6 +134,7 @@ def check_cda(result, proto, recipe, ev, artifact):
     assert (recipe.temperature, recipe.t2_scaling) == (30.0, False)
     assert recipe.mixup == 0.8 and recipe.optimizer == "adamw" and recipe.augment == "crop_flip"
     assert recipe.lr == pytest.approx(1e-3) and recipe.weight_decay == pytest.approx(0.01)
+    assert proto.teacher_bn == "train" and result.teacher["bn"] == "train"  # the reference relabel script's BN mode
 
 
 def check_infer(result, proto, recipe, ev, artifact):

@@ -27,6 +27,7 @@ def register_model(*names: str) -> Callable[[Factory], Factory]:
 
 def _load_builtin() -> None:
     import ddbench.models.convnet  # noqa: F401
+    import ddbench.models.efficientnet  # noqa: F401
     import ddbench.models.mobilenet  # noqa: F401
     import ddbench.models.zoo  # noqa: F401
 

@@ -19,7 +19,22 @@ SCHEDULES = ("step", "cosine", "constant")
 MIX_SPACES = ("logits", "probs")
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 AUTO = "auto"  # crop_padding / flip: follow the dataset (see TrainRecipe.for_data)
+WARMUP_START = 0.01  # lr factor at the first warm-up step (the torchvision reference recipe's lr_warmup_decay)
+# Fields added after products were cached, with the default that keeps the old behaviour: a recipe's dict (what
+# cache keys hold) leaves them out at that default, so cached teachers, experts and evaluation runs stay valid.
+KEY_NEUTRAL: dict[str, Any] = {"warmup_epochs": 0}
 R = TypeVar("R", bound="TrainRecipe")
+
+
+def without_neutral(values: Any) -> Any:
+    """`values` (a recipe's or an options' asdict, nested dicts and lists included) without the KEY_NEUTRAL
+    fields that hold their neutral default."""
+    if isinstance(values, dict):
+        return {k: without_neutral(v) for k, v in values.items()
+                if not (k in KEY_NEUTRAL and type(v) is type(KEY_NEUTRAL[k]) and v == KEY_NEUTRAL[k])}
+    if isinstance(values, list):
+        return [without_neutral(v) for v in values]
+    return values
 
 
 def crop_padding_for(image_size: int) -> int:
@@ -40,6 +55,8 @@ class TrainRecipe:
     optimizer: sgd (momentum, weight decay), adamw, or gsam (GSAM's direction, then the same SGD step).
     schedule: cosine (per step, to 0 after the last step) | step (lr × lr_decay_factor from epoch
     int(epochs · lr_decay_at), with SGD's momentum reset there) | constant.
+    warmup_epochs: a linear warm-up of the lr over the first warmup_epochs epochs (from WARMUP_START·lr, per
+    step), then the schedule over the remaining steps (0 = none: the schedule from the first step).
     augment: dsa (dsa_strategy, dsa_ranges) | crop_flip (RandomCrop(pad crop_padding) + flip) | none.
     crop_padding / flip of crop_flip: 'auto' (the default) follows the data: padding = crop_padding_for(size),
     flip only where the dataset is mirror-safe. `for_data(info)` resolves them; the trainer refuses 'auto'.
@@ -57,6 +74,7 @@ class TrainRecipe:
     weight_decay: float = 5e-4
     lr_decay_at: float = 0.5
     lr_decay_factor: float = 0.1
+    warmup_epochs: int = 0
     augment: str = "crop_flip"
     dsa_strategy: str = DSA_STRATEGY
     dsa_ranges: dict[str, float] = field(default_factory=dict)
@@ -108,6 +126,9 @@ class TrainRecipe:
             raise DDBenchError(f"{where}.epochs and {where}.batch_size must be >= 1.")
         if not self.lr > 0:
             raise DDBenchError(f"{where}.lr must be > 0, got {self.lr}.")
+        if not (type(self.warmup_epochs) is int and 0 <= self.warmup_epochs < self.epochs):
+            raise DDBenchError(f"{where}.warmup_epochs must be an int in [0, {where}.epochs = {self.epochs}), "
+                               f"got {self.warmup_epochs!r}.")
         if not self.temperature > 0:
             raise DDBenchError(f"{where}.temperature must be > 0, got {self.temperature}.")
         if not (self.crop_padding == AUTO or (type(self.crop_padding) is int and self.crop_padding >= 0)):
@@ -118,7 +139,8 @@ class TrainRecipe:
             raise DDBenchError(f"{where}.mixup and {where}.cutmix must be >= 0 (0 = off) and {where}.mix_prob in [0, 1].")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a plain dict (what cache keys hold), KEY_NEUTRAL fields at their default left out."""
+        return without_neutral(asdict(self))
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -18,6 +20,25 @@ from ddbench.utils import DDBenchError, make_generator, stable_hash
 log = logging.getLogger(__name__)
 
 STATE_PREFIX = "state."
+# BatchNorm of an online teacher while it relabels: eval = running statistics (per-sample logits); train = each
+# network's batch normalised with its own statistics (the SRe2L/CDA CIFAR relabel script), running stats untouched.
+TEACHER_BN = ("eval", "train")
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Inside, every BatchNorm layer of `model` normalises with the statistics of the batch it sees, and its stored
+    running statistics (and num_batches_tracked) are neither used nor updated; other layers (dropout) keep their
+    mode. Everything is restored on exit."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in layers]
+    try:
+        for m in layers:
+            m.training, m.track_running_stats = True, False  # F.batch_norm gets no running stats to update
+        yield
+    finally:
+        for m, (training, track) in zip(layers, saved):
+            m.training, m.track_running_stats = training, track
 
 
 class Teacher:
@@ -26,11 +47,13 @@ class Teacher:
     __call__(x [B,C,H,W]) → [B,K] (no gradient); logits(images) does the same over a whole set in chunks.
     test_accuracy / train_accuracy: the ensemble's accuracy on the test / train split (fractions), measured once
     when it was trained (an ensemble's from its mean logits); None where unknown.
+    bn: the BatchNorm mode of `relabel` (TEACHER_BN; `with_bn` gives a copy in another mode). __call__ and
+    logits always use the running statistics.
     """
 
     def __init__(self, members: list[nn.Module], names: list[str], chunk: int = 4096,
                  test_accuracy: float | None = None, train_accuracy: float | None = None,
-                 augment: dict[str, Any] | None = None):
+                 augment: dict[str, Any] | None = None, bn: str = "eval"):
         self.members = [m.eval() for m in members]
         for m in self.members:
             m.requires_grad_(False)
@@ -39,12 +62,26 @@ class Teacher:
         self.test_accuracy = test_accuracy
         self.train_accuracy = train_accuracy
         self.augment = augment or {}  # how it was trained: {augment, crop_padding, flip, epochs}
+        if bn not in TEACHER_BN:
+            raise DDBenchError(f"teacher BatchNorm mode must be one of {', '.join(map(repr, TEACHER_BN))}, got {bn!r}.")
+        self.bn = bn
+
+    def with_bn(self, bn: str) -> "Teacher":
+        """This teacher (the same member networks) with `relabel` in BatchNorm mode `bn`."""
+        if bn == self.bn:
+            return self
+        if bn not in TEACHER_BN:
+            raise DDBenchError(f"teacher BatchNorm mode must be one of {', '.join(map(repr, TEACHER_BN))}, got {bn!r}.")
+        other = copy.copy(self)
+        other.bn = bn
+        return other
 
     def summary(self) -> dict[str, Any]:
         """What a record says of the teacher: {models, test_accuracy, train_accuracy, augment, crop_padding, flip,
-        epochs}."""
-        return {"models": list(self.names), "test_accuracy": self.test_accuracy,
-                "train_accuracy": self.train_accuracy, **self.augment}
+        epochs}, and bn='train' when it relabels with batch statistics."""
+        out = {"models": list(self.names), "test_accuracy": self.test_accuracy,
+               "train_accuracy": self.train_accuracy, **self.augment}
+        return (out | {"bn": self.bn}) if self.bn != "eval" else out
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,6 +96,30 @@ class Teacher:
         """Static soft labels: the teacher's logits on un-augmented images [...,C,H,W] → [...,K]."""
         flat = images.reshape(-1, *images.shape[-3:])
         return self(flat).view(*images.shape[:-3], -1)
+
+    @torch.no_grad()
+    def relabel(self, x: torch.Tensor) -> torch.Tensor:
+        """Online targets for S networks' augmented batches x [S,B,C,H,W] → [S,B,K] (mean of the members' logits).
+
+        bn 'eval': one call on the [S*B] images. bn 'train': each network's batch of B images in its own forward,
+        BatchNorm normalising with that batch's statistics (`batch_statistics`); the members are left unchanged."""
+        if self.bn == "eval":
+            return self(x.flatten(0, 1)).view(*x.shape[:2], -1)
+        out = []
+        for batch in x:  # [B,C,H,W]: the statistics of one network's batch, as the reference's one student sees
+            total = None
+            for member in self.members:
+                with batch_statistics(member):
+                    try:
+                        logits = member(batch)
+                    except ValueError as err:  # "Expected more than 1 value per channel when training"
+                        raise DDBenchError(
+                            f"eval.teacher_bn=train cannot normalise a batch of {len(batch)} image(s) with its own "
+                            f"statistics ({err}); use a batch size that leaves no 1-image batch, or "
+                            "eval.teacher_bn=eval.") from err
+                total = logits if total is None else total + logits
+            out.append(total / len(self.members))
+        return torch.stack(out)
 
 
 def teacher_key(cfg: TeacherConfig, splits: Splits, index: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from ddbench.training.checkpoint import Checkpointer, load_optimizer_tensors, op
 from ddbench.training.draws import make_draws
 from ddbench.training.flat import gsam_gradient
 from ddbench.training.losses import hard_loss, kd_loss
-from ddbench.training.recipe import TrainRecipe
+from ddbench.training.recipe import WARMUP_START, TrainRecipe
 from ddbench.training.transforms import cutmix_images, mix_permutation, mix_targets, mixup_images, take
 from ddbench.utils import DDBenchError
 
@@ -30,10 +30,18 @@ Teacher = Callable[[torch.Tensor], torch.Tensor]
 def lr_at(recipe: TrainRecipe, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """The learning rate of optimisation step `step` (0-based) of `total_steps`.
 
-    cosine: lr·0.5·(1 + cos(π·step/total)), a full half cosine that reaches 0 after the last step.
-    step: lr × lr_decay_factor from epoch int(epochs·lr_decay_at) on. constant: lr.
+    warm-up (recipe.warmup_epochs = E > 0, W = E·steps_per_epoch steps): lr·(s + (1 − s)·step/W) for step < W,
+    with s = WARMUP_START, a linear rise to lr; the schedule then runs over the remaining steps (step − W of
+    total − W for cosine). cosine: lr·0.5·(1 + cos(π·step/total)), a full half cosine that reaches 0 after the
+    last step. step: lr × lr_decay_factor from epoch int(epochs·lr_decay_at) on (epochs counted from the first).
+    constant: lr.
     """
+    warmup = getattr(recipe, "warmup_epochs", 0) * steps_per_epoch
+    if step < warmup:
+        return recipe.lr * (WARMUP_START + (1 - WARMUP_START) * step / warmup)
     if recipe.schedule == "cosine":
+        if warmup > 0:
+            return recipe.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
         return recipe.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
     if recipe.schedule == "step":
         decay_epoch = int(recipe.epochs * recipe.lr_decay_at)
@@ -64,6 +72,16 @@ def _check(nets, images: torch.Tensor, targets: torch.Tensor | None, recipe: Tra
         raise DDBenchError("train needs targets (hard labels or logits) or a teacher.")
     if recipe.optimizer == "gsam" and not getattr(nets, "flat", False):
         raise DDBenchError("recipe optimizer 'gsam' needs FlatNetworks (rows of one parameter vector per network).")
+
+
+def relabel(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
+    """The teacher's targets [S,B,K] for the networks' augmented batches x [S,B,C,H,W]: `teacher.relabel(x)` when
+    it has one (a Teacher: one forward, or one per network's batch with BatchNorm on batch statistics), else one
+    call on the flattened [S*B] images."""
+    own = getattr(teacher, "relabel", None)
+    if own is not None:
+        return own(x)
+    return teacher(x.flatten(0, 1)).view(*x.shape[:2], -1)
 
 
 def train(
@@ -139,7 +157,7 @@ def train(
             loss_targets = t
             if teacher is not None:
                 with torch.no_grad():
-                    loss_targets = teacher(x.flatten(0, 1)).view(*x.shape[:2], -1)
+                    loss_targets = relabel(teacher, x)
             elif not hard and mixing:
                 loss_targets = mix_targets(t, lam, perm, recipe.mix_space, recipe.temperature)
             for group in optimizer.param_groups:
