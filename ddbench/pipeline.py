@@ -271,9 +271,12 @@ def help_evaluate(cfg: dict[str, Any], splits: Splits, device: torch.device) -> 
 def write_results(
     cfg: dict[str, Any], artifact: Artifact, artifact_path: Path | None, results: list[EvalResult],
     distill_seconds: float | None, device: torch.device, command: str | None = None, distill_reused: bool = False,
+    overrides: list[str] | None = None, extra: dict[str, Any] | None = None,
 ) -> list[Path]:
     """One record per evaluated architecture under paths.records; `distill_reused`: the set was distilled by an
-    earlier run (`distill_seconds` are that run's)."""
+    earlier run (`distill_seconds` are that run's). `overrides`: the keys the caller set, which decide `shortened`
+    (default: Hydra's task overrides; the Python API passes its own); `extra`: more (optional) record fields, e.g.
+    the API's `source` and `images_digest`."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     paths = []
     for result in results:
@@ -285,8 +288,8 @@ def write_results(
             peak_cpu_memory_bytes=peak_rss_bytes(), device=device_name(device),
             config_hash=stable_hash(cfg), config=cfg, seed=int(cfg["seed"]),
             artifact=None if artifact_path is None else str(artifact_path), command=command, scores=dict(result.scores),
-            shortened=shortened_settings(cfg), distill_reused=distill_reused, teacher=result.teacher,
-            eval_batch_size=result.batch_size,
+            shortened=shortened_settings(cfg, overrides), distill_reused=distill_reused, teacher=result.teacher,
+            eval_batch_size=result.batch_size, **(extra or {}),
         )
         paths.append(write_record(record, cfg["paths"]["records"]))
     return paths

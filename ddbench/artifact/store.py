@@ -95,6 +95,19 @@ class Artifact:
 
         return decode(self.images, self.extras, self.meta["decode"]), self.labels
 
+    def save(self, path: str | Path) -> Path:
+        """Validate and write this artifact to directory `path` atomically (see `save_artifact`); returns the path."""
+        return save_artifact(self, path)
+
+    def images_in_pixels(self) -> Tensor:
+        """The training set's images as raw pixels [N,C,H,W] in [0,1] on the CPU: mean/std normalization undone
+        (or ZCA inverted with the artifact's zca_inverse/zca_mean), a factorized set decoded first, and values
+        clamped to [0,1] as the exporters write them. Distilled values outside the pixel range are clamped, so
+        to evaluate the set exactly pass `images` with `normalized=True` (ddbench.evaluate)."""
+        from ddbench.artifact.exporters import to_pixels
+
+        return to_pixels(self)
+
     def class_of(self) -> Tensor:
         """Class index per training image [N]: the class-major position for soft labels (image i is of class
         i // (N / K), N / K = ipc unless a factorized set decodes to more, whatever its learned logits say), the

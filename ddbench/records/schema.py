@@ -77,12 +77,19 @@ SCHEMA: dict[str, Field] = {
         (str, NoneType), False,
         "null for a full-protocol run, else what was cut (e.g. 'smoke=true' or 'eval.epochs=30'), a string",
     ),
+    "source": Field(
+        (str, NoneType), False,
+        "where the record came from: null for a ddbench command, 'api' for the Python API (ddbench.evaluate/run)",
+    ),
+    "images_digest": Field(
+        (str, NoneType), False, "a content hash of the evaluated images (dtype, shape, values), or null",
+    ),
 }
 
 # Defaults of the optional fields (copied per record).
 OPTIONAL_DEFAULTS: dict[str, Any] = {
     "scores": {}, "command": None, "shortened": None, "peak_cpu_memory_bytes": None, "distill_reused": False,
-    "teacher": None, "reference": None, "eval_batch_size": None,
+    "teacher": None, "reference": None, "eval_batch_size": None, "source": None, "images_digest": None,
 }
 
 _NON_EMPTY = ("run_id", "method", "dataset", "protocol", "eval_model", "device", "config_hash")
