@@ -1,7 +1,9 @@
 """Up-front checks of a run's config: everything that can be checked before data is loaded or work starts.
 
 Each check raises a DDBenchError naming the key, the bad value and a valid one. Method options are checked by
-the method's own options; the evaluation protocol by `EvalProtocol.from_dict`.
+the method's own options; the evaluation protocol by `EvalProtocol.from_dict`; every model's options (the model
+block, a method's model_overrides and teacher blocks, eval.model_kwargs) by the options the model declares
+(ddbench.models.options).
 """
 
 from __future__ import annotations
@@ -48,11 +50,15 @@ def check_config(cfg: dict[str, Any], stage: str) -> None:
                            "from the cache); add reuse_distilled=true to both commands.")
     resolve_device(cfg.get("device", "auto"))
     info = check_dataset(cfg["dataset"])
+    shape = image_shape(cfg["dataset"], info)
     check_model_name(cfg["model"].get("name"), "model.name")
+    check_model_block(cfg["model"], shape)
     if stage in ("run", "distill"):
         check_ipc(cfg.get("ipc"), info, cfg["dataset"])
+    if stage in ("run", "distill", "experts"):
+        check_method_models(cfg.get("method") or {}, cfg["model"], shape)
     if stage in ("run", "eval"):
-        check_eval(cfg["eval"])
+        check_eval(cfg["eval"], shape)
     paths = cfg.get("paths") or {}
     if paths.get("cache"):
         check_writable(paths["cache"], "paths.cache")
@@ -110,16 +116,77 @@ def check_ipc_fits(ipc: int, counts: list[int], dataset: str) -> None:
 
 
 def check_model_name(name: Any, key: str) -> None:
-    from ddbench.models import list_models
+    """A registered model, or timm:<name> of a model timm knows (timm.is_model: nothing is downloaded)."""
+    from ddbench.models import check_model_options, list_models
 
     if isinstance(name, str) and name.lower().startswith("timm:") and len(name) > 5:
+        check_model_options(name, None, where=key)
         return
     if not isinstance(name, str) or name.lower() not in list_models():
         raise DDBenchError(f"unknown {key} {name!r}; valid names: {', '.join(list_models())}, or timm:<name>.")
 
 
-def check_eval(eval_cfg: dict[str, Any]) -> None:
-    """The protocol's options (EvalProtocol checks names, types and ranges) and its model names."""
+def image_shape(data: dict[str, Any], info: Any) -> tuple[int, int] | None:
+    """(channels, image_size) the models will see, when known before loading (not for imagefolder)."""
+    if info is None:
+        return None
+    return info.channels, int(data.get("image_size") or info.image_size)
+
+
+def _options_block(value: Any, key: str, example: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DDBenchError(f"{key} must be a mapping of model options, got {value!r}; e.g. {example}.")
+    return value
+
+
+def check_model_block(model: dict[str, Any], shape: tuple[int, int] | None) -> None:
+    """The run's `model` block (the distillation network, the experts of trajectory methods): its options."""
+    from ddbench.models import check_model_options
+
+    check_model_options(model["name"], {k: v for k, v in model.items() if k != "name"}, "model", shape)
+
+
+def check_method_models(method: dict[str, Any], model: dict[str, Any], shape: tuple[int, int] | None) -> None:
+    """The networks a method builds besides the model block: its `model_overrides` (the experts and student of
+    trajectory methods: the model block updated by them) and the models of its teacher / embedding block."""
+    from ddbench.models import check_model_options
+
+    overrides = _options_block(method.get("model_overrides"), "method.model_overrides",
+                               "method.model_overrides={width:64}")
+    if overrides:
+        merged = {**model, **overrides}
+        name = merged.pop("name")
+        check_model_name(name, "method.model_overrides.name")
+        check_model_options(name, {k: v for k, v in overrides.items() if k != "name"}, "method.model_overrides")
+        check_model_options(name, {k: v for k, v in model.items() if k not in overrides and k != "name"}, "model")
+        check_model_options(name, merged, "model", shape)
+    for block in ("teacher", "embedding"):  # CDA/INFER's teachers, DQ's embedding network (TeacherConfig fields)
+        if isinstance(method.get(block), dict):
+            check_models_and_kwargs(method[block], f"method.{block}", shape)
+
+
+def check_models_and_kwargs(block: dict[str, Any], where: str, shape: tuple[int, int] | None) -> None:
+    """A TeacherConfig-like block: `models` (a name, a list, or 'auto') and `model_kwargs` {name: {option: value}},
+    each entry's options checked against its model's declared ones."""
+    from ddbench.models import check_model_options
+
+    models = block.get("models")
+    names = [models] if isinstance(models, str) and models != "auto" else models  # other types: the block's check
+    for name in names if isinstance(names, (list, tuple)) else []:
+        check_model_name(name, f"{where}.models entry")
+    kwargs = _options_block(block.get("model_kwargs"), f"{where}.model_kwargs",
+                            f"{where}.model_kwargs={{convnet:{{width:32}}}}")
+    for name, options in kwargs.items():
+        check_model_name(name, f"{where}.model_kwargs key")
+        key = f"{where}.model_kwargs.{name}"
+        check_model_options(name, _options_block(options, key, f"{key}={{width:32}}"), key, shape)
+
+
+def check_eval(eval_cfg: dict[str, Any], shape: tuple[int, int] | None = None) -> None:
+    """The protocol's options (EvalProtocol checks names, types and ranges), its model names and the options in
+    eval.model_kwargs and eval.teacher.model_kwargs."""
     from ddbench.evaluation import EvalProtocol
 
     models = eval_cfg.get("models")
@@ -128,9 +195,11 @@ def check_eval(eval_cfg: dict[str, Any]) -> None:
                            "e.g. eval.models=[convnet].")
     for name in models:
         check_model_name(name, "eval.models entry")
-    protocol = EvalProtocol.from_dict(eval_cfg)
-    for name in protocol.teacher.models:
-        check_model_name(name, "eval.teacher.models entry")
+    check_models_and_kwargs({"model_kwargs": eval_cfg.get("model_kwargs")}, "eval", shape)
+    teacher = eval_cfg.get("teacher")
+    if isinstance(teacher, dict):
+        check_models_and_kwargs(teacher, "eval.teacher", shape)
+    EvalProtocol.from_dict(eval_cfg)
 
 
 def check_writable(path: str | Path, key: str) -> None:

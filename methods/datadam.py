@@ -97,7 +97,7 @@ class DataDAM(Method):
         lr_img = o.lr_img if o.lr_img is not None else (1.0 if ipc <= 50 else 10.0)
         model_cfg = dict(self.model_cfg)
         if o.norm is not None and model_cfg["name"].startswith("convnet"):  # default: the code's BatchNorm
-            model_cfg["norm"] = o.norm
+            model_cfg["name"], model_cfg["norm"] = "convnet", o.norm  # convnet_bn is convnet with norm=batchnorm
         kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
         net = create_model(model_cfg["name"], info.channels, n_classes, info.image_size, **kwargs).to(self.device)
         net.train()  # the reference keeps train mode: BatchNorm normalises with each pass's batch statistics

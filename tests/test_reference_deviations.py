@@ -147,7 +147,7 @@ def test_cifar_efficientnet_ends_on_2x2_at_32px_and_is_in_the_auto_ensemble():
     ensemble = auto_models(dataset_info("cifar10"), ensemble=True)
     assert "efficientnet_b0_cifar" in ensemble and not any(m.startswith("timm:") for m in ensemble)
     assert EvalProtocol.from_dict(composed("eval=infer")["eval"]).teacher.models == ensemble
-    with pytest.raises(DDBenchError, match="width, dropout and drop_connect"):
+    with pytest.raises(DDBenchError, match="unknown efficientnet_b0_cifar option 'depth'; valid options: drop_connect"):
         create_model("efficientnet_b0_cifar", 3, 10, 32, depth=3)
 
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench.models.features import Maps
+from ddbench.models.options import Number
 from ddbench.models.registry import register_model
-from ddbench.utils import DDBenchError
 
 # (expansion, out channels, blocks, kernel, stride) per stage: EfficientNet-B0 with CIFAR strides
 B0_CIFAR = ((1, 16, 1, 3, 1), (6, 24, 2, 3, 2), (6, 40, 2, 5, 2), (6, 80, 3, 3, 2), (6, 112, 3, 5, 1),
@@ -83,11 +83,6 @@ class EfficientNetB0(nn.Module):
     def __init__(self, channels: int, num_classes: int, image_size: int, width: float = 1.0, dropout: float = 0.0,
                  drop_connect: float = 0.0):
         super().__init__()
-        if not width > 0:
-            raise DDBenchError(f"efficientnet_b0_cifar width must be > 0, got {width}.")
-        if not (0 <= dropout < 1 and 0 <= drop_connect < 1):
-            raise DDBenchError(f"efficientnet_b0_cifar dropout and drop_connect must be in [0, 1), got {dropout} "
-                               f"and {drop_connect}.")
         scaled = lambda c: max(8, int(round(c * width)))  # noqa: E731
         self.stem = nn.Sequential(nn.Conv2d(channels, scaled(STEM), 3, padding=1, bias=False),
                                   nn.BatchNorm2d(scaled(STEM)), nn.SiLU())
@@ -121,9 +116,11 @@ class EfficientNetB0(nn.Module):
         return self.classifier(self.dropout(self.embed(x)))
 
 
-@register_model("efficientnet_b0_cifar")
+RATE = Number(0, 1, high_open=True)
+
+
+@register_model("efficientnet_b0_cifar", builds=EfficientNetB0,
+                options={"width": Number(0, low_open=True, note="a multiplier of every channel count"),
+                         "dropout": RATE, "drop_connect": RATE})
 def efficientnet_b0_cifar(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
-    unknown = sorted(set(kwargs) - {"width", "dropout", "drop_connect"})
-    if unknown:
-        raise DDBenchError(f"efficientnet_b0_cifar options are width, dropout and drop_connect; got {unknown}.")
     return EfficientNetB0(channels, num_classes, image_size, **kwargs)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddbench.models.options import Number
 from ddbench.models.registry import register_model
-from ddbench.utils import DDBenchError
 
 CIFAR_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
@@ -47,8 +47,6 @@ class MobileNetV2(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, image_size: int, width: float = 1.0):
         super().__init__()
-        if width <= 0:
-            raise DDBenchError(f"mobilenetv2_cifar width must be > 0, got {width}.")
         scaled = lambda c: max(8, int(round(c * width)))  # noqa: E731
         self.conv1 = nn.Conv2d(channels, scaled(32), 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(scaled(32))
@@ -71,6 +69,7 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.embed(x))
 
 
-@register_model("mobilenetv2_cifar")
+@register_model("mobilenetv2_cifar", builds=MobileNetV2,
+                options={"width": Number(0, low_open=True, note="a multiplier of every channel count")})
 def mobilenetv2_cifar(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
     return MobileNetV2(channels, num_classes, image_size, **kwargs)

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddbench.models.convnet import make_norm
+from ddbench.models.convnet import BN_ONLY, NORMS, make_norm
 from ddbench.models.features import Maps, activation_taps, run_tapped
+from ddbench.models.options import Choice, IntList, IntRange, LayerList, hydra_value
 from ddbench.models.registry import register_model
 from ddbench.utils import DDBenchError
 
@@ -79,10 +80,8 @@ class AlexNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-@register_model("alexnet")
-def alexnet(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
-    if kwargs:
-        raise DDBenchError(f"alexnet takes no options; got {sorted(kwargs)}.")
+@register_model("alexnet", builds=AlexNet)
+def alexnet(channels: int, num_classes: int, image_size: int) -> nn.Module:
     return AlexNet(channels, num_classes, image_size)
 
 
@@ -135,12 +134,12 @@ class VGG(nn.Module):
         return self.classifier(self.embed(x))
 
 
-@register_model("vgg11")
+@register_model("vgg11", builds=VGG, options={"cfg": LayerList(), "norm": Choice(NORMS)})
 def vgg11(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
     return VGG(channels, num_classes, image_size, **kwargs)
 
 
-@register_model("vgg11_bn")
+@register_model("vgg11_bn", builds=VGG, options={"cfg": LayerList(), "norm": BN_ONLY})
 def vgg11_bn(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
     kwargs["norm"] = "batchnorm"
     return VGG(channels, num_classes, image_size, **kwargs)
@@ -241,18 +240,23 @@ class ResNet(nn.Module):
 
 def _resnet_factory(norm: str, avgpool_down: bool, arch: str) -> Callable[..., nn.Module]:
     def build(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
-        kwargs.setdefault("norm", norm)
-        if norm == "batchnorm":
-            kwargs["norm"] = "batchnorm"
+        kwargs.setdefault("norm", norm)  # the _bn variants declare norm as batchnorm only
         return ResNet(channels, num_classes, image_size, avgpool_down=avgpool_down, arch=arch, **kwargs)
 
     return build
 
 
-resnet18 = register_model("resnet18")(_resnet_factory("instancenorm", False, "resnet18"))
-resnet18_bn = register_model("resnet18_bn")(_resnet_factory("batchnorm", False, "resnet18_bn"))
-resnet18_ap = register_model("resnet18_ap")(_resnet_factory("instancenorm", True, "resnet18_ap"))
-resnet18_ap_bn = register_model("resnet18_ap_bn")(_resnet_factory("batchnorm", True, "resnet18_ap_bn"))
+def _register_resnet(name: str, norm: str, avgpool_down: bool) -> Callable[..., nn.Module]:
+    options = {"layers": IntList(length=4, note="blocks per stage"),
+               "norm": BN_ONLY if norm == "batchnorm" else Choice(NORMS)}
+    register = register_model(name, builds=ResNet, options=options, fixed=("avgpool_down", "arch"))
+    return register(_resnet_factory(norm, avgpool_down, name))
+
+
+resnet18 = _register_resnet("resnet18", "instancenorm", False)
+resnet18_bn = _register_resnet("resnet18_bn", "batchnorm", False)
+resnet18_ap = _register_resnet("resnet18_ap", "instancenorm", True)
+resnet18_ap_bn = _register_resnet("resnet18_ap_bn", "batchnorm", True)
 
 
 def _torchvision_resnet18_cls() -> type:
@@ -290,9 +294,7 @@ def _torchvision_resnet18_cls() -> type:
 
 
 @register_model("resnet18_cifar")
-def resnet18_cifar(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
-    if kwargs:
-        raise DDBenchError(f"resnet18_cifar takes no options; got {sorted(kwargs)}.")
+def resnet18_cifar(channels: int, num_classes: int, image_size: int) -> nn.Module:
     return _torchvision_resnet18_cls()(channels, num_classes)
 
 
@@ -328,10 +330,8 @@ class LeNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-@register_model("lenet")
-def lenet(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
-    if kwargs:
-        raise DDBenchError(f"lenet takes no options; got {sorted(kwargs)}.")
+@register_model("lenet", builds=LeNet)
+def lenet(channels: int, num_classes: int, image_size: int) -> nn.Module:
     return LeNet(channels, num_classes, image_size)
 
 
@@ -341,8 +341,6 @@ def lenet(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn
 class MLP(nn.Module):
     def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 128, depth: int = 2):
         super().__init__()
-        if depth < 1 or width < 1:
-            raise DDBenchError(f"mlp needs depth >= 1 and width >= 1; got depth={depth}, width={width}.")
         layers: list[nn.Module] = []
         in_dim = channels * image_size * image_size
         for _ in range(depth):
@@ -364,7 +362,7 @@ class MLP(nn.Module):
         return self.classifier(self.embed(x))
 
 
-@register_model("mlp")
+@register_model("mlp", builds=MLP, options={"width": IntRange(1), "depth": IntRange(1, note="hidden layers")})
 def mlp(channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
     return MLP(channels, num_classes, image_size, **kwargs)
 
@@ -391,22 +389,47 @@ class TimmModel(nn.Module):
         return self.model(x)
 
 
-def timm_model(name: str, channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
-    """Build timm model `name` from scratch (never downloads weights). `img_size` is passed where accepted."""
+TIMM_LOADS_WEIGHTS = ("pretrained_cfg_overlay", "checkpoint_path")
+TIMM_FROM_DATASET = ("num_classes", "in_chans")  # set from the dataset by timm_model
+
+
+def _timm() -> Any:
     try:
         import timm
     except ImportError as err:  # pragma: no cover - timm is a dependency
         raise DDBenchError("timm models need the `timm` package; pip install timm.") from err
-    if kwargs.pop("pretrained", False):
-        raise DDBenchError("timm models are always built from scratch here; pretrained=True is not supported.")
-    for key in ("pretrained_cfg_overlay", "checkpoint_path"):
-        if key in kwargs:
-            raise DDBenchError(f"timm option {key!r} would load weights; it is not supported.")
-    if not timm.is_model(name):
+    return timm
+
+
+def check_timm(name: str, options: dict[str, Any], where: str | None = None) -> None:
+    """timm model `name` exists (timm.is_model: no download) and `options` load no weights and leave the dataset's
+    settings alone. timm's own options are passed through unchecked: its factories take **kwargs."""
+    timm = _timm()
+    if not name or not timm.is_model(name):
+        stem = name.split(".")[0][:8]
         raise DDBenchError(
-            f"unknown timm model {name!r}. Find valid names with `python -c \"import timm; "
-            f"print(timm.list_models('*{name.split('.')[0][:8]}*'))\"` (timm.list_models accepts wildcards)."
-        )
+            f"unknown timm model {name!r} ({where or 'timm:' + name}); find valid names with `python -c \"import timm; "
+            f"print(timm.list_models('*{stem}*'))\"` (timm.list_models accepts wildcards), e.g. timm:resnet10t.")
+
+    def key(option: str) -> str:
+        return f"{where}.{option}" if where else f"timm:{name} option {option}"
+
+    if options.get("pretrained"):
+        raise DDBenchError(f"{key('pretrained')}={hydra_value(options['pretrained'])} is not supported: timm models "
+                           "are always built from scratch here (nothing is downloaded); remove it.")
+    for option in TIMM_LOADS_WEIGHTS:
+        if option in options:
+            raise DDBenchError(f"{key(option)} would load weights, which ddbench never does; remove it.")
+    for option in TIMM_FROM_DATASET:
+        if option in options:
+            raise DDBenchError(f"{key(option)} is set from the dataset; remove it.")
+
+
+def timm_model(name: str, channels: int, num_classes: int, image_size: int, **kwargs: Any) -> nn.Module:
+    """Build timm model `name` from scratch (never downloads weights). `img_size` is passed where accepted."""
+    timm = _timm()
+    check_timm(name, kwargs)
+    kwargs.pop("pretrained", None)
     base = dict(pretrained=False, num_classes=num_classes, in_chans=channels)
     if "img_size" not in kwargs:
         try:
