@@ -2,7 +2,8 @@
 
 Every function composes ddbench's Hydra config (package `ddbench.conf`) with the compose API, exactly as the
 `ddbench-*` commands do, so `overrides=["eval.epochs=300"]` means what it means on the command line, and then
-calls the same `ddbench.pipeline` functions (same seeds, same caches of teachers, baselines and finished runs).
+calls the entry points of `ddbench.jobs` that the commands call (same checks, seeds, records and caches of
+teachers, baselines and finished runs); this module only checks its arguments and builds the reports.
 A bad input raises `DDBenchError` with the one-line message the CLI prints, before any data loads or trains.
 
 Shapes: images [N,C,H,W] float (raw pixels in [0,1], or the dataset's normalized space with normalized=True),
@@ -235,8 +236,7 @@ def distill(method: str, dataset: str, ipc: int, seed: int = 0, overrides: Seque
     ipc=... seed=...` would, and return the artifact in memory (save it with `.save(dir)`): images [ipc*K,C,H,W]
     class-major in the dataset's normalized (or ZCA) space, labels [ipc*K] int64 or [ipc*K,K] float logits,
     optional learned lr, and meta (config, seed, distill_seconds, ...)."""
-    from ddbench import pipeline
-    from ddbench.checks import check_config
+    from ddbench import jobs
 
     with user_errors():
         _check_choice("method", method, list_methods())
@@ -245,12 +245,7 @@ def distill(method: str, dataset: str, ipc: int, seed: int = 0, overrides: Seque
                      "seed": f"seed={seed}", "device": _quoted("device", device)}
         cfg = compose_config(_overrides_of(arguments, overrides))
         _reject_helper(cfg)
-        check_config(cfg, "distill")
-        pipeline.check_method(cfg)
-        where = pipeline.pick_device(cfg)
-        splits = pipeline.load_splits(cfg, where)
-        artifact, _ = pipeline.distill(cfg, splits, where)
-    return artifact
+        return jobs.distill_job(jobs.prepare(cfg, "distill")).artifact
 
 
 def evaluate(
@@ -278,9 +273,8 @@ def evaluate(
     model there, marked `source: api` with the images' content hash, under the name `method`.
     Everything is checked before data loads; a bad input raises DDBenchError naming the fix.
     """
-    from ddbench import pipeline
+    from ddbench import jobs
     from ddbench.api_inputs import as_tensor, check_images, check_labels, check_lr, expected_for, seeds_setting
-    from ddbench.checks import check_config
 
     with user_errors():
         if not isinstance(normalized, bool):
@@ -297,19 +291,15 @@ def evaluate(
         if expected is not None:  # imagefolder: checked once the folder is read
             images_t = check_images(images_t, expected, normalized)
             labels_t = check_labels(labels_t, len(images_t), expected)
-        check_config(cfg, "eval")
-        where = pipeline.pick_device(cfg)
-        splits = pipeline.load_splits(cfg, where)
-        artifact = _artifact_of(images_t, labels_t, lr, splits, normalized, method)
-        results = pipeline.evaluate(cfg, artifact, splits)
-        report = _report(cfg, artifact, results)
-        if records is not None:
-            command = _describe_call("evaluate", dataset=dataset, protocol=protocol, models=wanted_models,
-                                     seeds=seeds, normalized=normalized, overrides=list(overrides), method=method)
-            report.records = pipeline.write_results(
-                _record_config(cfg, artifact), artifact, None, results, None, where, command,
-                overrides=[*overrides, *budget], extra={"source": SOURCE, "images_digest": report.images_digest})
-    return report
+        job = jobs.prepare(cfg, "eval")
+        artifact = _artifact_of(images_t, labels_t, lr, job.splits, normalized, method)
+        marks = _marks(artifact)
+        command = _describe_call("evaluate", dataset=dataset, protocol=protocol, models=wanted_models, seeds=seeds,
+                                 normalized=normalized, overrides=list(overrides), method=method)
+        evaluated = jobs.evaluate_job(job, artifact, command=command, overrides=[*overrides, *budget], extra=marks,
+                                      record_config=lambda done: _record_config(done, artifact),
+                                      write=records is not None)
+        return _report(job.cfg, artifact, evaluated.results, marks, evaluated.records)
 
 
 def run(method: str, dataset: str, ipc: int, seed: int = 0, protocol: str = "dc",
@@ -319,10 +309,8 @@ def run(method: str, dataset: str, ipc: int, seed: int = 0, protocol: str = "dc"
     """Distill, then evaluate, as `ddbench-run method=... dataset=... ipc=... seed=... eval=...` does; returns
     the artifact (saved to `artifact_dir` when given) and the EvalReport (`artifact, report = ddbench.run(...)`).
     records=DIR writes one record per evaluated model there, marked `source: api`."""
-    from ddbench import pipeline
+    from ddbench import jobs
     from ddbench.api_inputs import seeds_setting
-    from ddbench.checks import check_config
-    from ddbench.logger import open_logger
 
     with user_errors():
         _check_choice("method", method, list_methods())
@@ -332,27 +320,15 @@ def run(method: str, dataset: str, ipc: int, seed: int = 0, protocol: str = "dc"
         cfg = compose_config(_overrides_of(arguments, overrides))
         budget = apply_eval_arguments(cfg, wanted_models, wanted_seeds)
         _reject_helper(cfg)
-        check_config(cfg, "run")
-        pipeline.check_method(cfg)
-        where = pipeline.pick_device(cfg)
-        splits = pipeline.load_splits(cfg, where)
-        logger = open_logger(cfg["logger"], cfg, cfg["paths"]["output"])
-        try:
-            artifact, seconds = pipeline.distill(cfg, splits, where)
-            path = None if artifact_dir is None else artifact.save(Path(artifact_dir).expanduser())
-            results = pipeline.evaluate(cfg, artifact, splits)
-            report = _report(cfg, artifact, results)
-            if records is not None:
-                command = _describe_call("run", method=method, dataset=dataset, ipc=ipc, seed=seed, protocol=protocol,
-                                         models=wanted_models, seeds=seeds, overrides=list(overrides))
-                report.records = pipeline.write_results(
-                    cfg, artifact, path, results, seconds, where, command,
-                    distill_reused="reused_from" in artifact.meta, overrides=[*overrides, *budget],
-                    extra={"source": SOURCE, "images_digest": report.images_digest})
-            logger.log({f"acc/{r.model}": r.mean for r in results} | {"distill_seconds": seconds})
-        finally:
-            logger.close()
-    return RunResult(artifact, report, seconds, path)
+        job = jobs.prepare(cfg, "run")
+        command = _describe_call("run", method=method, dataset=dataset, ipc=ipc, seed=seed, protocol=protocol,
+                                 models=wanted_models, seeds=seeds, overrides=list(overrides))
+        marks: dict[str, Any] = {}  # the records' marks, of the set once it is distilled (before it is evaluated)
+        ran = jobs.run_job(job, artifact_dir=None if artifact_dir is None else Path(artifact_dir).expanduser(),
+                           command=command, overrides=[*overrides, *budget], extra=marks, write=records is not None,
+                           on_distilled=lambda distilled: marks.update(_marks(distilled.artifact)))
+        report = _report(job.cfg, ran.artifact, ran.results, marks, ran.records)
+    return RunResult(ran.artifact, report, ran.distilled.seconds, ran.distilled.path)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -378,13 +354,19 @@ def _artifact_of(images: "torch.Tensor", labels: "torch.Tensor", lr: "torch.Tens
     return Artifact(images.float(), labels, meta, lr, {k: v.cpu() for k, v in extras.items()})
 
 
-def _report(cfg: dict[str, Any], artifact: "Artifact", results: list["EvalResult"]) -> EvalReport:
+def _marks(artifact: "Artifact") -> dict[str, str]:
+    """The fields that mark the API's records: `source` and the content hash of the images trained on."""
     from ddbench.utils import tensor_digest
 
     images, _ = artifact.training_set()
+    return {"source": SOURCE, "images_digest": tensor_digest(images)}
+
+
+def _report(cfg: dict[str, Any], artifact: "Artifact", results: list["EvalResult"], marks: dict[str, str],
+            records: list[Path]) -> EvalReport:
     label_type = results[0].label_type if results else artifact.label_type
     return EvalReport(cfg["dataset"]["name"], cfg["eval"]["name"], int(artifact.ipc), label_type, results, cfg,
-                      tensor_digest(images))
+                      marks["images_digest"], records)
 
 
 def _record_config(cfg: dict[str, Any], artifact: "Artifact") -> dict[str, Any]:

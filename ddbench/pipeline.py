@@ -1,4 +1,7 @@
-"""The stages behind the CLI: load data, distill, save the artifact, evaluate, write records."""
+"""The stages behind the CLI and the API: load data, distill, evaluate, write records.
+
+They read the resolved config by key; `ddbench.jobs` composes them into the typed entry points (prepare, then
+distill_job / evaluate_job / run_job / reference_job) that the ddbench-* commands and `ddbench.api` call."""
 
 from __future__ import annotations
 
@@ -328,11 +331,6 @@ def reference_rows(cfg: dict[str, Any], results: list[ReferenceResult]) -> str:
         f"{REFERENCE_METHODS[r.kind]} | {cfg['dataset']['name']} | {cfg['eval']['name']} | {r.model} | "
         f"{100 * mean_std(r.accuracies)[0]:.2f} ± {100 * mean_std(r.accuracies)[1]:.2f} % ({len(r.accuracies)} "
         f"{'seeds' if len(r.accuracies) > 1 else 'value'}, {r.seconds:.1f} s)" for r in results)
-
-
-def save(artifact: Artifact, cfg: dict[str, Any]) -> Path:
-    """Save the artifact under the run's output folder."""
-    return save_artifact(artifact, Path(cfg["paths"]["output"]) / "artifact")
 
 
 def summary_rows(cfg: dict[str, Any], artifact: Artifact, results: list[EvalResult]) -> str:

@@ -8,17 +8,12 @@ from ddbench.cli.app import hydra_main
 
 
 def distill(cfg: dict[str, Any]) -> str:
-    from ddbench import pipeline
-    from ddbench.checks import check_config
+    from ddbench import jobs
 
-    check_config(cfg, "distill")
-    pipeline.check_method(cfg)
-    device = pipeline.pick_device(cfg)
-    splits = pipeline.load_splits(cfg, device)
-    artifact, seconds = pipeline.distill(cfg, splits, device)
-    path = pipeline.save(artifact, cfg)
-    print(f"artifact: {path} (distilled in {seconds:.1f} s)")
-    return str(path)
+    job = jobs.prepare(cfg, "distill")
+    distilled = jobs.distill_job(job, save_to=job.artifact_dir)
+    print(f"artifact: {distilled.path} (distilled in {distilled.seconds:.1f} s)")
+    return str(distilled.path)
 
 
 def main() -> Any:

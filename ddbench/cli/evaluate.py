@@ -19,9 +19,8 @@ def dataset_was_given() -> bool:
 
 
 def evaluate(cfg: dict[str, Any]) -> float:
-    from ddbench import pipeline
+    from ddbench import jobs, pipeline
     from ddbench.artifact import load_artifact
-    from ddbench.checks import check_config
 
     if not cfg.get("artifact"):
         raise DDBenchError("ddbench-eval needs artifact=PATH (a ddbench artifact folder or a folder with images_best.pt).")
@@ -29,18 +28,15 @@ def evaluate(cfg: dict[str, Any]) -> float:
     artifact = load_artifact(cfg["artifact"], dataset=cfg["dataset"]["name"] if given else None)
     if not given:
         cfg["dataset"]["name"] = artifact.dataset
-    check_config(cfg, "eval")
-    device = pipeline.pick_device(cfg)
-    splits = pipeline.load_splits(cfg, device)
-    results = pipeline.evaluate(cfg, artifact, splits)
-    if cfg.get("write_records", True):
-        path = Path(cfg["artifact"]).expanduser().resolve()
-        seconds = artifact.meta.get("distill_seconds")
-        for record in pipeline.write_results(cfg, artifact, path, results, seconds, device, invoked_command(),
-                                             distill_reused=seconds is not None):
-            print(f"record: {record}")
-    print(pipeline.summary_rows(cfg, artifact, results))
-    return results[0].mean
+    job = jobs.prepare(cfg, "eval")
+    seconds = artifact.meta.get("distill_seconds")
+    evaluated = jobs.evaluate_job(job, artifact, artifact_path=Path(cfg["artifact"]).expanduser().resolve(),
+                                  distill_seconds=seconds, distill_reused=seconds is not None,
+                                  command=invoked_command())
+    for record in evaluated.records:
+        print(f"record: {record}")
+    print(pipeline.summary_rows(job.cfg, artifact, evaluated.results))
+    return evaluated.results[0].mean
 
 
 def main() -> Any:

@@ -15,18 +15,14 @@ from ddbench.cli.app import hydra_main, invoked_command
 
 
 def reference(cfg: dict[str, Any]) -> float:
-    from ddbench import pipeline
-    from ddbench.checks import check_config
+    from ddbench import jobs, pipeline
 
-    check_config(cfg, "eval")
-    device = pipeline.pick_device(cfg)
-    splits = pipeline.load_splits(cfg, device)
-    results = pipeline.references(cfg, splits)
-    if cfg.get("write_records", True):
-        for path in pipeline.write_references(cfg, results, device, invoked_command()):
-            print(f"record: {path}")
-    print(pipeline.reference_rows(cfg, results))
-    return results[0].accuracies[0]
+    job = jobs.prepare(cfg, "eval")
+    referenced = jobs.reference_job(job, command=invoked_command())
+    for path in referenced.records:
+        print(f"record: {path}")
+    print(pipeline.reference_rows(job.cfg, referenced.results))
+    return referenced.results[0].accuracies[0]
 
 
 def main() -> Any:

@@ -7,59 +7,33 @@ training runs instead (see ddbench.pipeline.help_evaluate).
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ddbench.cli.app import hydra_main, invoked_command
-from ddbench.utils import DDBenchError
 
 
 def run(cfg: dict[str, Any]) -> float:
-    from ddbench import pipeline
-    from ddbench.checks import check_config
-    from ddbench.logger import open_logger
+    from ddbench import jobs, pipeline
 
-    check_config(cfg, "run")
-    pipeline.check_method(cfg)
-    device = pipeline.pick_device(cfg)
-    splits = pipeline.load_splits(cfg, device)
-    if cfg.get("helper"):
-        pipeline.help_evaluate(cfg, splits, device)
+    job = jobs.prepare(cfg, "run")
+    if job.helper:
+        jobs.help_job(job)
         print("helper: no training run is left that another process is not running or has not finished")
         return float("nan")
-    logger = open_logger(cfg["logger"], cfg, cfg["paths"]["output"])
-    try:
-        artifact, seconds = pipeline.distill(cfg, splits, device)
-        path = pipeline.save(artifact, cfg)
-        how = f"reused from {artifact.meta['reused_from']}, distilled" if "reused_from" in artifact.meta else "distilled"
-        print(f"artifact: {path} ({how} in {seconds:.1f} s)")
-        with keep_artifact_on_failure(path, cfg):
-            results = pipeline.evaluate(cfg, artifact, splits)
-            if cfg.get("write_records", True):
-                reused = "reused_from" in artifact.meta
-                for record in pipeline.write_results(cfg, artifact, path, results, seconds, device, invoked_command(),
-                                                     distill_reused=reused):
-                    print(f"record: {record}")
-        print(pipeline.summary_rows(cfg, artifact, results))
-        logger.log({f"acc/{r.model}": r.mean for r in results} | {"distill_seconds": seconds})
-    finally:
-        logger.close()
-    return results[0].mean
 
+    def show_artifact(distilled: jobs.Distilled) -> None:
+        how = (f"reused from {distilled.artifact.meta['reused_from']}, distilled" if distilled.reused
+               else "distilled")
+        print(f"artifact: {distilled.path} ({how} in {distilled.seconds:.1f} s)")
 
-@contextmanager
-def keep_artifact_on_failure(path: Path, cfg: dict[str, Any]) -> Iterator[None]:
-    """A failure after distilling keeps the saved artifact and says how to evaluate it later."""
-    hint = (f"the distilled artifact is kept at {path}; evaluate it later with "
-            f"`ddbench-eval artifact={path} paths.records={cfg['paths']['records']}`.")
-    try:
-        yield
-    except DDBenchError as err:
-        raise DDBenchError(f"{err} Nothing was lost: {hint}") from err
-    except BaseException:
-        print(f"note: {hint}", file=sys.stderr)
-        raise
+    def show_results(ran: jobs.Ran) -> None:
+        for record in ran.records:
+            print(f"record: {record}")
+        print(pipeline.summary_rows(job.cfg, ran.artifact, ran.results))
+
+    ran = jobs.run_job(job, artifact_dir=job.artifact_dir, command=invoked_command(), hint_on_failure=True,
+                       on_distilled=show_artifact, on_evaluated=show_results)
+    return ran.results[0].mean
 
 
 # Overrides that say what to run; without any of them ddbench-run runs the quickstart.
