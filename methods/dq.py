@@ -22,7 +22,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,17 +69,19 @@ def graphcut_bins(sim: torch.Tensor, valid: torch.Tensor, bin_size: torch.Tensor
                   lam: float = 1.0) -> torch.Tensor:
     """Recursive greedy GraphCut bins, all classes at once.
 
-    sim [K, n, n] per-class similarities (padded), valid [K, n] real rows, bin_size [K] picks per bin and class.
+    sim [K, n, n] per-class similarities (padded), valid [K, n] real rows, bin_size picks per class and bin:
+    [K, num_bins - 1] (`bin_sizes`), or [K] for the same size at every bin.
     Returns bins [K, n]: the bin of every row (0..num_bins-1; the last bin = the remainder), -1 on padding.
     """
     k_classes, n = valid.shape
+    sizes = bin_size.view(k_classes, -1).expand(k_classes, max(1, num_bins - 1))
     bins = torch.where(valid, -1, -2)  # -1: in the pool, -2: padding
-    steps = int(bin_size.max()) if num_bins > 1 else 0
+    steps = int(sizes.max()) if num_bins > 1 else 0
     for b in range(num_bins - 1):
         pool = bins == -1
         column = (sim * pool.unsqueeze(-1).to(sim.dtype)).sum(1)  # Σ_{i∈U} s(i,k) [K, n]
         running = torch.zeros_like(column)  # Σ_{j∈S} s(j,k)
-        budget = torch.minimum(bin_size, pool.sum(1))
+        budget = torch.minimum(sizes[:, b], pool.sum(1))
         for t in range(steps):
             free = bins == -1
             gain = (lam * column - 2 * running).masked_fill(~free, float("-inf"))
@@ -90,6 +92,23 @@ def graphcut_bins(sim: torch.Tensor, valid: torch.Tensor, bin_size: torch.Tensor
             running = running + sim.gather(1, pick.view(-1, 1, 1).expand(-1, 1, n)).squeeze(1) * active.unsqueeze(1)
     bins = torch.where(bins == -1, num_bins - 1, bins)
     return torch.where(bins == -2, -1, bins)
+
+
+def bin_sizes(counts: Sequence[int], num_bins: int) -> list[list[int]]:
+    """Picks per class and bin [K][num_bins - 1], as DQ's quantize loop sizes them: every bin takes
+    round(N / num_bins) images of the N train images (coreset_size = round(N · fraction)), split among the classes
+    in proportion to what each has left: class c gets round(size / left · left_c) (DeepCore's per-class budget,
+    Python rounding). Equal classes get equal, constant sizes; ddbench gives every class at least 1 per bin."""
+    left = [int(c) for c in counts]
+    size = round(sum(left) * (1.0 / num_bins))
+    out: list[list[int]] = [[] for _ in left]
+    for _ in range(num_bins - 1):
+        fraction = size / max(1, sum(left))
+        for c, n in enumerate(left):
+            pick = min(n, max(1, round(fraction * n)))
+            out[c].append(pick)
+            left[c] = n - pick
+    return out
 
 
 def bin_quotas(counts: torch.Tensor, per_class: int) -> torch.Tensor:
@@ -133,9 +152,10 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, layer: in
 
 
 def keep_mask(cam: torch.Tensor, grid: tuple[int, int], mask_ratio: float) -> torch.Tensor:
-    """cam [B, h, w] → uint8 keep mask [B, gh, gw] keeping the round((1 − mask_ratio)·gh·gw) highest-CAM patches."""
+    """cam [B, h, w] → uint8 keep mask [B, gh, gw] keeping the int(gh·gw·(1 − mask_ratio)) highest-CAM patches
+    (the reference's len_keep, rounded down; at least 1)."""
     scores = F.interpolate(cam.unsqueeze(1), size=grid, mode="bilinear", align_corners=False).flatten(1)
-    n_keep = max(1, round((1 - mask_ratio) * scores.shape[1]))
+    n_keep = max(1, int(scores.shape[1] * (1 - mask_ratio)))
     top = scores.topk(n_keep, dim=1).indices
     return torch.zeros_like(scores, dtype=torch.uint8).scatter_(1, top, 1).view(-1, *grid)
 
@@ -206,7 +226,7 @@ class DatasetQuantization(Method):
         sim = sim * (valid.unsqueeze(-1) & valid.unsqueeze(1))
 
         # 2-3. bins, then uniform sampling from them
-        bin_size = torch.tensor([round(int(c) / num_bins) for c in train.counts], device=self.device).clamp_min(1)
+        bin_size = torch.tensor(bin_sizes(train.counts, num_bins), device=self.device, dtype=torch.long)
         bins = graphcut_bins(sim, valid, bin_size, num_bins, lam)
         picks = sample_from_bins(bins, num_bins, ipc, self.generator)  # [K, ipc]
         chosen = rows.gather(1, picks).flatten()  # dataset rows, class-major: the labels follow the rows

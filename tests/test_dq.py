@@ -155,7 +155,7 @@ def test_dq_picks_real_rows_of_the_labelled_class_without_pixels(digits_small, t
     train = digits_small.train
     assert torch.equal(result.images, train.images[rows])
     assert torch.equal(train.labels[rows], result.labels) and len(set(rows.tolist())) == 30
-    assert result.meta["dq"]["num_bins"] == 3 and result.meta["dq"]["bin_size"] == [10] * 10
+    assert result.meta["dq"]["num_bins"] == 3 and result.meta["dq"]["bin_size"] == [[10, 10]] * 10  # [K][bins - 1]
     assert "decode" not in result.meta and not result.extras
     again = make(digits_small, 3, tmp_path, {**OPTIONS, "pixel": False}).distill()
     assert again.meta["dq"]["selected_rows"] == result.meta["dq"]["selected_rows"]
@@ -213,3 +213,16 @@ def test_dq_rejects_bad_options(digits_small, tmp_path):
         make(digits_small, 1, tmp_path, {**OPTIONS, "features": "pixels"}).distill()
     with pytest.raises(DDBenchError, match="TeacherConfig"):
         make(digits_small, 1, tmp_path, {"embedding": {"epoch": 1}}).distill()
+
+
+def test_dq_bin_sizes_follow_the_reference_quantize_loop():
+    """Every bin takes round(N / bins) images, split among classes by what each has left (DeepCore's
+    round(fraction * len(class)) per bin), so unequal classes get sizes that change from bin to bin."""
+    from ddbench.methods.dq import bin_sizes
+
+    assert bin_sizes([30] * 4, 3) == [[10, 10]] * 4  # equal classes: round(|c| / bins), constant
+    sizes = bin_sizes([20, 23, 17, 21, 19], 5)
+    assert [s[0] for s in sizes] == [4, 5, 3, 4, 4]  # 20 per bin: 0.2 x each class
+    assert [s[1] for s in sizes] == [4, 4, 4, 4, 4]  # 20 of the 80 left: 0.25 x [16, 18, 14, 17, 15], half to even
+    assert all(sum(s[b] for s in sizes) in (19, 20, 21) for b in range(4))
+    assert bin_sizes([2, 50], 10)[0] == [1, 1, 0, 0, 0, 0, 0, 0, 0]  # at least 1 while a class has images left
