@@ -41,7 +41,7 @@ def check_config(cfg: dict[str, Any], stage: str) -> None:
     """Everything about the run checkable without data: types, ranges, names, devices and writable folders."""
     assert stage in STAGES, stage
     check_int("seed", cfg.get("seed"), minimum=0)
-    for key in ("smoke", "progress", "write_records", "debug", "helper", "reuse_distilled"):
+    for key in ("smoke", "smoke_wins", "progress", "write_records", "debug", "helper", "reuse_distilled"):
         if key in cfg:
             check_bool(key, cfg[key])
     if cfg.get("helper") and (stage != "run" or not cfg.get("reuse_distilled")):

@@ -36,21 +36,42 @@ log = logging.getLogger("ddbench")
 def resolved_config(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
     """The run's config as a plain dict with smoke settings applied (what records and artifacts store).
 
-    Keys the user set on the command line (`overrides`, default: Hydra's task overrides) win over smoke settings.
+    Keys the user set on the command line (`overrides`, default: Hydra's task overrides) win over smoke settings,
+    unless smoke_wins=true (a board rehearsal): then the smoke settings win over the keys they set (budgets such as
+    method.iterations or eval.epochs), except SMOKE_KEEPS, and the user's other keys still apply.
     """
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
     if plain.get("smoke"):
-        plain["dataset"].update(plain["smoke_settings"]["dataset"])
-        _deep_update(plain["eval"], plain["smoke_settings"]["eval"])
-        _deep_update(plain["eval"], plain["eval"].get("smoke") or {})  # the protocol's own reductions
-        _deep_update(plain["method"], plain["method"].get("smoke") or {})
+        reductions = {"dataset": dict(plain["smoke_settings"]["dataset"]), "eval": {}, "method": {}}
+        _deep_update(reductions["eval"], plain["smoke_settings"]["eval"])
+        _deep_update(reductions["eval"], plain["eval"].get("smoke") or {})  # the protocol's own reductions
+        _deep_update(reductions["method"], plain["method"].get("smoke") or {})
+        for group, changes in reductions.items():
+            _deep_update(plain[group], changes)
+        reduced = set(_dotted_keys(reductions)) if plain.get("smoke_wins") else set()
         for key in _user_set_keys(overrides):
+            if key not in SMOKE_KEEPS and any(key == r or key.startswith(r + ".") or r.startswith(key + ".")
+                                              for r in reduced):
+                continue
             value = OmegaConf.select(cfg, key)
             value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
             _set_path(plain, key.split("."), value)
     return plain
+
+
+# smoke_wins=true: keys of smoke settings a command's own value keeps (what a board cell evaluates on)
+SMOKE_KEEPS = ("eval.models", "eval.model_kwargs")
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """The leaf keys of a nested dict, dotted ({'eval': {'epochs': 10}} → ['eval.epochs'])."""
+    out = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out += _dotted_keys(value, name + ".") if isinstance(value, dict) and value else [name]
+    return out
 
 
 def _user_set_keys(overrides: list[str] | None) -> list[str]:
@@ -172,7 +193,7 @@ def distill(cfg: dict[str, Any], splits: Splits, device: torch.device, cached_on
 
 # Top-level config keys that do not change what a method distills: runs that differ only in them share a set.
 NOT_DISTILL_KEYS = ("eval", "paths", "logger", "board", "progress", "debug", "write_records", "artifact",
-                    "reuse_distilled", "smoke_settings", "device", "helper")
+                    "reuse_distilled", "smoke_settings", "smoke_wins", "device", "helper")
 
 
 def distill_key(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -347,3 +347,20 @@ def test_a_rehearsal_runs_board_cells_with_smoke_settings_in_a_scratch_folder(tm
     records = read_records(scratch / "records")
     assert sorted(r["eval_model"] for r in records) == ["alexnet", "convnet", "resnet18_ap", "vgg11"]
     assert all(r["shortened"] == "smoke=true" for r in records) and not (tmp_path / "leaderboard").exists()
+
+
+def test_a_rehearsal_keeps_the_smoke_budgets_over_a_cells_own(tmp_path):
+    """smoke=true alone lets a command's budget win (method.iterations=8000 stays 8000); with smoke_wins=true, as
+    `ddbench-board --rehearse` runs each cell, the smoke budgets win while the cell's models and other keys stay."""
+    from ddbench.api import compose_config
+
+    cell = ["method=datadam", "dataset=digits", "ipc=1", "eval.models=[convnet,alexnet]", "method.iterations=8000",
+            "method.power=1.0", "eval.epochs=300"]
+    plain = compose_config([*cell, "smoke=true"])
+    assert plain["method"]["iterations"] == 8000 and plain["eval"]["epochs"] == 300
+    rehearsed = compose_config([*cell, "smoke=true", "smoke_wins=true"])
+    smoke_only = compose_config(["method=datadam", "dataset=digits", "ipc=1", "smoke=true"])
+    assert rehearsed["method"]["iterations"] == smoke_only["method"]["iterations"] < 8000
+    assert rehearsed["eval"]["epochs"] == smoke_only["eval"]["epochs"] == 10
+    assert rehearsed["eval"]["models"] == ["convnet", "alexnet"]  # what the cell evaluates on is kept
+    assert rehearsed["method"]["power"] == 1.0  # a key smoke does not set keeps the cell's value

@@ -62,8 +62,9 @@ def rehearsal(args: argparse.Namespace, board_name: str) -> Path:
         args.records = str(scratch / "records")
     args.outputs = str(scratch / "outputs")
     args.out_dir = args.out_dir or str(scratch / "site")
-    args.extra = ["smoke=true", f"paths.cache={scratch / 'cache'}", *args.extra]
-    print(f"rehearsal of board {board_name} in {scratch} (smoke=true; nothing is written elsewhere)")
+    args.extra = ["smoke=true", "smoke_wins=true", f"paths.cache={scratch / 'cache'}", *args.extra]
+    print(f"rehearsal of board {board_name} in {scratch} (smoke=true, smoke_wins=true: the smoke budgets win over "
+          "the cells' own; nothing is written elsewhere)")
     return scratch
 
 
