@@ -74,9 +74,11 @@ def graphcut_bins(sim: torch.Tensor, valid: torch.Tensor, bin_size: torch.Tensor
     Returns bins [K, n]: the bin of every row (0..num_bins-1; the last bin = the remainder), -1 on padding.
     """
     k_classes, n = valid.shape
-    sizes = bin_size.view(k_classes, -1).expand(k_classes, max(1, num_bins - 1))
+    if num_bins <= 1:  # one bin: every row
+        return torch.where(valid, 0, -1)
+    sizes = bin_size.view(k_classes, -1).expand(k_classes, num_bins - 1)
     bins = torch.where(valid, -1, -2)  # -1: in the pool, -2: padding
-    steps = int(sizes.max()) if num_bins > 1 else 0
+    steps = int(sizes.max())
     for b in range(num_bins - 1):
         pool = bins == -1
         column = (sim * pool.unsqueeze(-1).to(sim.dtype)).sum(1)  # Σ_{i∈U} s(i,k) [K, n]

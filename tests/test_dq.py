@@ -226,3 +226,10 @@ def test_dq_bin_sizes_follow_the_reference_quantize_loop():
     assert [s[1] for s in sizes] == [4, 4, 4, 4, 4]  # 20 of the 80 left: 0.25 x [16, 18, 14, 17, 15], half to even
     assert all(sum(s[b] for s in sizes) in (19, 20, 21) for b in range(4))
     assert bin_sizes([2, 50], 10)[0] == [1, 1, 0, 0, 0, 0, 0, 0, 0]  # at least 1 while a class has images left
+    assert bin_sizes([7, 9], 1) == [[], []]  # one bin (IPC 1): nothing to size
+
+
+def test_dq_at_ipc_1_keeps_one_bin(digits_small, tmp_path):
+    """IPC 1 caps the bins at 1 (every row in it): the distillation runs and picks one real row per class."""
+    result = make(digits_small, 1, tmp_path, {**OPTIONS, "pixel": False}).distill()
+    assert result.meta["dq"]["num_bins"] == 1 and len(result.meta["dq"]["selected_rows"]) == 10
