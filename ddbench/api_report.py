@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,41 +35,45 @@ class EvalReport:
     images_digest: str
     records: list[Path] = field(default_factory=list)
 
+    def per_model(self, get: "Callable[[EvalResult], Any]") -> dict[str, Any]:
+        """{model: get(its EvalResult)} over the evaluated architectures."""
+        return {r.model: get(r) for r in self.results}
+
     @property
     def models(self) -> list[str]:
         return [r.model for r in self.results]
 
     @property
     def seeds(self) -> dict[str, list[int]]:
-        return {r.model: list(r.seeds) for r in self.results}
+        return self.per_model(lambda r: list(r.seeds))
 
     @property
     def accuracies(self) -> dict[str, list[float]]:
         """Per model, the test accuracy of each seed (fractions)."""
-        return {r.model: list(r.accuracies) for r in self.results}
+        return self.per_model(lambda r: list(r.accuracies))
 
     @property
     def mean(self) -> dict[str, float]:
-        return {r.model: r.mean for r in self.results}
+        return self.per_model(lambda r: r.mean)
 
     @property
     def std(self) -> dict[str, float]:
-        return {r.model: r.std for r in self.results}
+        return self.per_model(lambda r: r.std)
 
     @property
     def scores(self) -> dict[str, dict[str, float]]:
         """Per model, DD-Ranking's fair scores the protocol asked for (eval.scores: hlr, ior, lrs, ars) and their
         parts; empty dicts when none were asked."""
-        return {r.model: dict(r.scores) for r in self.results}
+        return self.per_model(lambda r: dict(r.scores))
 
     @property
     def seconds(self) -> dict[str, float]:
         """Per model, the training time of its lr choice and evaluation (with reused or resumed parts)."""
-        return {r.model: r.seconds for r in self.results}
+        return self.per_model(lambda r: r.seconds)
 
     @property
     def lr(self) -> dict[str, float]:
-        return {r.model: r.lr for r in self.results}
+        return self.per_model(lambda r: r.lr)
 
     def to_frame(self, per_seed: bool = False) -> "pd.DataFrame":
         """One row per model (FRAME_COLUMNS plus one column per score), or with per_seed one row per (model, seed)

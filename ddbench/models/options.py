@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -43,23 +44,24 @@ def hydra_value(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class Option:
-    """What one model option accepts. `note`: a few words said after the valid values (why, or what else to use);
+class Option(ABC):
+    """What one model option accepts (an abstract base: IntRange, Number, Choice, IntList, LayerList). `note`: a few words said after the valid values (why, or what else to use);
     `suggest`: the value an error's fix shows when the model's default is None (else `example()`)."""
 
     note: str = field(default="", kw_only=True)
     suggest: Any = field(default=None, kw_only=True)
 
+    @abstractmethod
     def accepts(self, value: Any) -> bool:
-        raise NotImplementedError
+        """Whether `value` is a valid setting."""
 
+    @abstractmethod
     def describe(self) -> str:
         """The valid values in words: 'an int >= 1', "one of 'a', 'b'"."""
-        raise NotImplementedError
 
+    @abstractmethod
     def example(self) -> Any:
         """A valid value (used in the fix an error suggests when the model's default is None)."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
