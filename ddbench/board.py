@@ -33,11 +33,13 @@ from ddbench.utils import DDBenchError, stable_hash
 
 @dataclass
 class MethodEntry:
-    """One method's row of a board: extra overrides, and protocols/IPCs when they differ from the board's."""
+    """One method's row of a board: extra overrides, protocols/IPCs when they differ from the board's, and a
+    note on the setting it runs (rendered under the board's tables, e.g. which of a method's presets it follows)."""
 
     overrides: list[str] = field(default_factory=list)
     protocols: list[str] | None = None
     ipcs: list[int] | None = None
+    note: str = ""
 
 
 @dataclass
@@ -82,11 +84,12 @@ class Board:
             bad = sorted(set(entry) - {f.name for f in dataclasses.fields(MethodEntry)})
             if bad:
                 raise DDBenchError(f"board {source}: method {method!r} has unknown key(s) {bad}; "
-                                   "valid keys: overrides, protocols, ipcs.")
+                                   "valid keys: overrides, protocols, ipcs, note.")
             methods[str(method)] = MethodEntry(
                 overrides=[str(o) for o in entry.get("overrides") or []],
                 protocols=None if entry.get("protocols") is None else [str(p) for p in entry["protocols"]],
                 ipcs=None if entry.get("ipcs") is None else [int(i) for i in entry["ipcs"]],
+                note=" ".join(str(entry.get("note") or "").split()),
             )
         cross = data.get("cross_architecture")
         if cross is not None:
@@ -576,16 +579,18 @@ def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> li
 
     out = Path(out_dir)
     not_applicable: dict[tuple[str, str, int], str] = {}
+    notes: dict[tuple[str, str], str] = {}  # (dataset, method) → the board's note on its setting
     for name in available_boards():
         board = load_board(name)
         for method, ipc, _, why in cells(board)[1]:
             not_applicable[(board.dataset, method, ipc)] = why
+        notes.update({(board.dataset, method): entry.note for method, entry in board.methods.items() if entry.note})
     frame, references = leaderboard_frame(records), reference_frame(records)
-    tables = render_markdown(frame, not_applicable, title="## Tables", references=references)
+    tables = render_markdown(frame, not_applicable, title="## Tables", references=references, notes=notes)
     text = "# Leaderboard\n\n" + LEADERBOARD_INTRO + "\n## Boards\n\n" + board_summary(records) + "\n\n" + tables
     written = [atomic_write_bytes(out / "README.md", text.encode("utf-8"))]
     page, pngs = html_report(frame, png_stem="index", n_records=len(records), not_applicable=not_applicable,
-                             references=references)
+                             references=references, notes=notes)
     for file_name, png in pngs.items():
         written.append(atomic_write_bytes(out / file_name, png))
     written.append(atomic_write_bytes(out / "index.html", page.encode("utf-8")))

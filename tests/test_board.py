@@ -364,3 +364,20 @@ def test_a_rehearsal_keeps_the_smoke_budgets_over_a_cells_own(tmp_path):
     assert rehearsed["eval"]["epochs"] == smoke_only["eval"]["epochs"] == 10
     assert rehearsed["eval"]["models"] == ["convnet", "alexnet"]  # what the cell evaluates on is kept
     assert rehearsed["method"]["power"] == 1.0  # a key smoke does not set keeps the cell's value
+
+
+def test_a_methods_board_note_renders_under_its_tables_only_where_the_method_has_rows(tmp_path):
+    board = small_board(methods={"random": {"note": "real   images,\n drawn per class"}, "dm": {}})
+    assert board.methods["random"].note == "real images, drawn per class"  # YAML folding normalised
+    assert cells(board)[0][0].id == cells(small_board(methods={"random": {}, "dm": {}}))[0][0].id  # not in the id
+    digits = load_board("digits")
+    assert "datadam_paper" in digits.methods["datadam"].note and "datadam_code" in digits.methods["datadam"].note
+    datadam = next(c for c in cells(digits)[0] if c.method == "datadam" and c.ipc == 10 and c.kind == "main")
+    render_leaderboard([fake_record(datadam.id, method="datadam", ipc=10)], tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert f"- datadam: {digits.methods['datadam'].note}" in text
+    assert "- random:" not in text  # no rows, no note
+    page = (tmp_path / "index.html").read_text()
+    assert "<li><b>datadam</b>: ddbench&#x27;s default setting" in page
+    with pytest.raises(DDBenchError, match="valid keys: overrides, protocols, ipcs, note"):
+        small_board(methods={"random": {"notes": "x"}})

@@ -92,9 +92,10 @@ def reference_bins(ref: Path, dq: types.ModuleType, model: torch.nn.Module, data
                            replace=False, pretrained=False, submodular="GraphCut", submodular_greedy="NaiveGreedy",
                            save_path="", device="cpu", selection_test_interval=1, selection_test_fraction=1.0)
     args.selection_batch = args.batch
-    classes = len(data.classes)
+    classes, channels, size = len(data.classes), data.images.shape[1], tuple(data.images.shape[-2:])
     ns = {"np": numpy, "torch": torch, "os": __import__("os"), "print": quiet, "args": args,
-          "datasets": SimpleNamespace(Parity=lambda path: (3, (32, 32), classes, data.classes, MEAN, STD, data, None)),
+          "datasets": SimpleNamespace(Parity=lambda path: (channels, size, classes, data.classes, MEAN, STD, data,
+                                                           None)),
           "methods": SimpleNamespace(Submodular=method)}
     code = extract(ref / "quantize_sample.py", "for exp in range(args.num_exp)", "for exp in range(args.num_exp)",
                    Edits(), function="bin_loop")

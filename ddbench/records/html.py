@@ -332,10 +332,12 @@ def plot_accuracy_vs_time(rows: pd.DataFrame, title: str) -> bytes:
 
 def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int | None = None,
                 not_applicable: dict[tuple[str, str, int], str] | None = None,
-                references: pd.DataFrame | None = None) -> tuple[str, dict[str, bytes]]:
+                references: pd.DataFrame | None = None, notes: dict[tuple[str, str], str] | None = None
+                ) -> tuple[str, dict[str, bytes]]:
     """(page, {png file name: bytes}). With png_stem, plots are also named `<stem>_<section>_<plot>.png` and the
     page links to them (the caller writes them next to the page); the page itself embeds every plot.
-    not_applicable: (dataset, method, ipc) → why that cell is invalid (n/a in the method × IPC tables)."""
+    not_applicable: (dataset, method, ipc) → why that cell is invalid (n/a in the method × IPC tables); notes:
+    (dataset, method) → a board's note on the method's setting, listed under the table."""
     pngs: dict[str, bytes] = {}
     parts: list[str] = []
     sections = sorted({(d, p) for d, p in zip(frame["dataset"], frame["protocol"])},
@@ -354,6 +356,11 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
         refs = section_references(references, dataset, protocol)
         parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na, refs, model))
+        shown = set(primary["method"])
+        setting = [(m, n) for (d, m), n in sorted((notes or {}).items()) if d == dataset and m in shown]
+        if setting:
+            parts.append('<ul class="meta">' + "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(n)}</li>"
+                                                       for m, n in setting) + "</ul>")
         if not refs.empty:
             parts.append('<p class="meta">Reference rows (the same at every IPC): <i>whole dataset</i> = the network '
                          "trained on the whole real train set with hard labels under this protocol's augmentation; "

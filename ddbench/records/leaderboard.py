@@ -191,7 +191,7 @@ def reference_label(r: Any) -> str:
 
 
 def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None,
-                references: pd.DataFrame | None = None) -> str:
+                references: pd.DataFrame | None = None, notes_by_method: dict[str, str] | None = None) -> str:
     convnet = section[section["eval_model"].str.lower() == DEFAULT_EVAL_MODEL]
     if convnet.empty:
         return f"_No results evaluated on {DEFAULT_EVAL_MODEL_TITLE} ({DEFAULT_EVAL_MODEL}) yet._"
@@ -224,8 +224,9 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
         f"Test accuracy (%) of {DEFAULT_EVAL_MODEL_TITLE} trained on the distilled data: "
         "mean ± std (population, ddof=0) over all seeds of all runs; n = seeds."
     )
-    notes = [f"n/a: {method} at IPC {ipc}: {why}" for (method, ipc), why in sorted(na.items())
-             if method in {m for m, _ in methods}]
+    shown = {m for m, _ in methods}
+    notes = [f"n/a: {method} at IPC {ipc}: {why}" for (method, ipc), why in sorted(na.items()) if method in shown]
+    notes += [f"{method}: {note}" for method, note in sorted((notes_by_method or {}).items()) if method in shown]
     if refs:
         caption += (" Reference rows (the same at every IPC): `whole dataset` = the network trained on the whole real "
                     "train set with hard labels under this protocol's augmentation; `teacher` = the protocol's teacher "
@@ -289,10 +290,12 @@ def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None) 
 
 
 def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, int], str] | None = None,
-                    title: str = "# ddbench leaderboard", references: pd.DataFrame | None = None) -> str:
+                    title: str = "# ddbench leaderboard", references: pd.DataFrame | None = None,
+                    notes: dict[tuple[str, str], str] | None = None) -> str:
     """Per (dataset, protocol): a method × IPC table on ConvNet (with seconds per cell and the reference rows),
     then a cross-architecture table. not_applicable: (dataset, method, ipc) → why that cell is invalid (shown as
-    n/a); references: reference_frame() of the same records."""
+    n/a); references: reference_frame() of the same records; notes: (dataset, method) → a board's note on the
+    method's setting, listed under the table."""
     parts = [title]
     if frame.empty:
         parts.append("_No records._")
@@ -305,7 +308,7 @@ def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, in
         parts.append(f"## {_escape(dataset)} · protocol {_code(protocol)}")
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
         refs = section_references(references, dataset, protocol)
-        parts.append(_main_table(section, na, refs))
+        parts.append(_main_table(section, na, refs, {m: n for (d, m), n in (notes or {}).items() if d == dataset}))
         parts.append(_cross_table(section, refs))
     return "\n\n".join(parts) + "\n"
 

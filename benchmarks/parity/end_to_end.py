@@ -1,0 +1,198 @@
+"""End to end beside the reference: one small distillation run by ddbench and by the reference's own loop, on the
+same data, both sets evaluated by ddbench's evaluator; mean ± std over seeds.
+
+    python benchmarks/parity/end_to_end.py datadam --reference /path/to/DataDAM
+    python benchmarks/parity/end_to_end.py dq --reference /path/to/Dataset_Quantization
+
+The step-level scripts beside this one (datadam.py, dq.py, ...) show that each piece agrees at float rounding on
+the same inputs. This one runs the whole loop: the data are the first --per-class training images per class of
+--dataset (default Fashion-MNIST; normalized by ddbench, the same tensors on both sides), both sides distill
+--ipc images per class with the same settings, and each set is evaluated once per seed by `ddbench.evaluate`
+under the `dc` protocol on --model for --eval-epochs epochs (the evaluation seed = the distillation seed). The
+table prints, per side, the mean ± std test accuracy over --seeds seeds and the distillation time.
+
+- datadam: the reference's main_DataDAM.py main(), from `image_syn = torch.randn(...)` through its training loop
+  (edited as listed: cuda → cpu; its evaluation pool empty, so it only distills), with its own get_network
+  (BatchNorm ConvNet, reseeded from the clock each iteration), DiffAugment (seeded from the clock) and
+  get_attention (p = 1); its get_images draws from the shared data with numpy's generator seeded per run. ddbench
+  runs `experiment=datadam_code` (p = 1, BatchNorm) with the same iterations, batch_real, lr and DSA strategy.
+  The random networks and DSA draws come from different streams on the two sides, so the sets differ; the
+  accuracies should agree within their seed spread.
+- dq: the reference's quantize_sample.py bin loop (its bundled DeepCore: GraphCut on gradient embeddings, see
+  dq.py) on the shared data with ddbench's trained embedding network copied into the reference's ResNet-18, then
+  the reference's sampling of --ipc images per class over the bins; ddbench runs method=dq with
+  method.gradient=reference, method.pixel=false and the same network (its embedding cache entry). Same network,
+  same data: the bins are the same (dq.py checks them index for index); the uniform draws within the bins come
+  from different generators (numpy's per bin there, torch's here), so the sets differ by those draws. The
+  reference's patch stage needs downloaded MAE and ImageNet weights and is left out on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+import torch
+from common import Edits, extract, import_package, quiet, reference_commit
+
+import ddbench
+from ddbench.data.tensors import load_dataset
+
+
+def reference_datadam(ref: Path, data: SimpleNamespace, seed: int, opts: argparse.Namespace
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[Edits]]:
+    """The reference's DataDAM loop on `data`: (images [K*ipc,C,H,W] normalized, labels [K*ipc], edits)."""
+    from datadam import reference_code  # its utils (get_network, DiffAugment, get_attention), edited
+
+    utils, _, (utils_edits, _) = reference_code(ref)
+    edits = Edits()
+    loop = extract(ref / "main_DataDAM.py", "image_syn = torch.randn", "for it in range(args.Iteration", edits)
+    per_class = [torch.nonzero(data.labels == c).flatten().numpy() for c in range(data.classes)]
+    images = data.images
+
+    def get_images(c: int, n: int) -> torch.Tensor:  # the reference's get_images on the shared data
+        return images[np.random.permutation(per_class[c])[:n]]
+
+    args = SimpleNamespace(ipc=opts.ipc, init="real", zca=False, lr_img=1.0, Iteration=opts.iterations,
+                           batch_real=opts.batch_real, dsa=True, dsa_strategy="color_crop_cutout_flip_scale_rotate",
+                           dsa_param=utils.ParamDiffAug(), task_balance=0.01, model="ConvNet", device="cpu",
+                           dataset="shared", method="DataDAM", save_path="")
+    ns = {"torch": torch, "np": np, "nn": torch.nn, "copy": copy, "time": time, "os": os, "print": quiet,
+          "args": args, "num_classes": data.classes, "channel": images.shape[1], "im_size": tuple(images.shape[-2:]),
+          "get_images": get_images, "eval_it_pool": [], "model_eval_pool": [], "get_network": utils.get_network,
+          "DiffAugment": utils.DiffAugment, "get_attention": utils.get_attention, "get_time": utils.get_time}
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    with torch.random.fork_rng():  # get_network reseeds torch's global generator from the clock
+        exec(loop, ns)
+    return ns["image_syn"].detach().clone(), ns["label_syn"].clone(), [utils_edits, edits]
+
+
+def reference_dq(ref: Path, data: SimpleNamespace, seed: int, opts: argparse.Namespace, network: torch.nn.Module
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[Edits]]:
+    """The reference's DQ selection on `data` with `network`'s weights: quantize_sample's bin loop (dq.py), then
+    quantize_bin's sampling (DeepCore Uniform, balance=True, per bin round(fraction · |class in bin|))."""
+    from dq import Images, reference_bins
+
+    dq = import_package(ref / "dq", "reference_dq", ("methods", "nets"))
+    for module in (dq.methods.earlytrain, dq.methods.submodular):
+        module.print = quiet
+    dq.methods.methods_utils.submodular_optimizer.tqdm = lambda iterable, **kwargs: iterable
+    shared = Images(data.images, data.labels, data.classes)
+    bins = reference_bins(ref, dq, network, shared, opts.bins)["bins"]
+    fraction = opts.ipc / opts.per_class
+    chosen = np.array([], dtype=np.int64)
+    for indices in bins:  # quantize_bin.py main(): one Uniform selection per bin, the run's seed every time
+        subset = torch.utils.data.Subset(shared, indices)
+        picked = dq.methods.Uniform(subset, SimpleNamespace(), fraction, seed, balance=True).select()["indices"]
+        chosen = np.append(chosen, indices[picked])
+    chosen = torch.from_numpy(chosen)
+    return data.images[chosen].clone(), data.labels[chosen].clone(), [Edits()]
+
+
+def ours(method: str, seed: int, opts: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """ddbench's run of the same setting: (images, labels, distill seconds)."""
+    overrides = [f"+dataset.max_train_per_class={opts.per_class}", "progress=false", *METHOD_OVERRIDES[method](opts)]
+    artifact = ddbench.distill(SIDE_METHOD[method], opts.dataset, opts.ipc, seed=seed, overrides=overrides,
+                               device="cpu")
+    return artifact.images, artifact.labels, float(artifact.meta.get("distill_seconds", float("nan")))
+
+
+SIDE_METHOD = {"datadam": "datadam", "dq": "dq"}
+METHOD_OVERRIDES: dict[str, Callable[[argparse.Namespace], list[str]]] = {
+    # datadam_code: p = 1, BatchNorm, as the reference's loop; its lr_img 1 and momentum 0.5 are ddbench's too
+    "datadam": lambda o: ["experiment=datadam_code", f"method.iterations={o.iterations}",
+                          f"method.batch_real={o.batch_real}", "method.checkpoint_every=0"],
+    # the selection stage only: the reference's patch stage needs downloaded MAE and ImageNet weights
+    "dq": lambda o: ["model=resnet18_cifar", "method.gradient=reference", "method.pixel=false",
+                     f"method.num_bins={o.bins}", f"method.embedding.epochs={o.embedding_epochs}"],
+}
+
+
+def embedding_network(opts: argparse.Namespace, splits) -> torch.nn.Module:  # noqa: ANN001
+    """The network ddbench's DQ run used (the same TeacherConfig, so the same cache entry)."""
+    from ddbench.training.recipe import TeacherConfig
+    from ddbench.training.teacher import load_teacher
+
+    cfg = TeacherConfig(epochs=opts.embedding_epochs, lr=0.01, batch_size=256, seed=0, models=["resnet18_cifar"],
+                        model_kwargs={"resnet18_cifar": {}})
+    return load_teacher(cfg, splits, torch.device("cpu")).members[0].requires_grad_(False)
+
+
+def evaluate(images: torch.Tensor, labels: torch.Tensor, seed: int, opts: argparse.Namespace) -> float:
+    report = ddbench.evaluate(images, labels, dataset=opts.dataset, protocol="dc", models=[opts.model], seeds=[seed],
+                              normalized=True, device="cpu",
+                              overrides=[f"eval.epochs={opts.eval_epochs}", "progress=false"])
+    return report.accuracies[opts.model][0]
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.pstdev(values):.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method", choices=sorted(SIDE_METHOD))
+    parser.add_argument("--reference", type=Path, required=True, help="a checkout of the method's reference code")
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--per-class", type=int, default=100, help="training images per class (the shared subset)")
+    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--model", default="convnet", help="the evaluation model")
+    parser.add_argument("--eval-epochs", type=int, default=300)
+    parser.add_argument("--iterations", type=int, default=200, help="datadam: distillation iterations")
+    parser.add_argument("--batch-real", type=int, default=64, help="datadam: real images per class per iteration")
+    parser.add_argument("--bins", type=int, default=10, help="dq: GraphCut bins")
+    parser.add_argument("--embedding-epochs", type=int, default=10, help="dq: epochs of the embedding network")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    opts = parser.parse_args()
+    warnings.filterwarnings("ignore", message="Default grid_sample and affine_grid")  # the reference's DSA
+    marker = {"datadam": "main_DataDAM.py", "dq": "quantize_sample.py"}[opts.method]
+    if not (opts.reference / marker).is_file():
+        parser.error(f"--reference {opts.reference} has no {marker}; pass a checkout of the {opts.method} reference.")
+    opts.reference = opts.reference.resolve()
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    torch.set_num_threads(opts.threads)
+    splits = load_dataset(opts.dataset, max_train_per_class=opts.per_class)
+    data = SimpleNamespace(images=splits.train.images, labels=splits.train.labels, classes=splits.info.num_classes)
+    rows: dict[str, dict[str, list[float]]] = {"ddbench": {"acc": [], "sec": []}, "reference": {"acc": [], "sec": []}}
+    for seed in range(opts.seeds):
+        images, labels, seconds = ours(opts.method, seed, opts)
+        rows["ddbench"]["acc"].append(evaluate(images, labels, seed, opts))
+        rows["ddbench"]["sec"].append(seconds)
+        started = time.perf_counter()
+        if opts.method == "datadam":
+            ref_images, ref_labels, edits = reference_datadam(opts.reference, data, seed, opts)
+        else:
+            ref_images, ref_labels, edits = reference_dq(opts.reference, data, seed, opts,
+                                                        embedding_network(opts, splits))
+        rows["reference"]["sec"].append(time.perf_counter() - started)
+        rows["reference"]["acc"].append(evaluate(ref_images, ref_labels, seed, opts))
+        print(f"seed {seed}: ddbench {100 * rows['ddbench']['acc'][-1]:.2f} %, reference "
+              f"{100 * rows['reference']['acc'][-1]:.2f} %", file=sys.stderr, flush=True)
+    print(f"{opts.method} end to end on {opts.dataset} ({opts.per_class} train images per class), IPC {opts.ipc}, "
+          f"evaluated by ddbench (dc, {opts.model}, {opts.eval_epochs} epochs), {opts.seeds} seeds; reference "
+          f"{reference_commit(opts.reference)}; reference edits: "
+          f"{'; '.join(e.summary() for e in edits)}")
+    print("\n| side | accuracy % | distill s per seed |\n|---|---|---|")
+    for side, row in rows.items():
+        print(f"| {side} | {mean_std(row['acc'])} | {statistics.mean(row['sec']):.1f} |")
+    if opts.json:
+        opts.json.write_text(json.dumps({"method": opts.method, "rows": rows,
+                                         "settings": {k: str(v) for k, v in vars(opts).items()}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
