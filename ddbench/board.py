@@ -81,10 +81,11 @@ class Board:
         methods = {}
         for method, entry in (data["methods"] or {}).items():
             entry = dict(entry or {})
-            bad = sorted(set(entry) - {f.name for f in dataclasses.fields(MethodEntry)})
+            valid = [f.name for f in dataclasses.fields(MethodEntry)]
+            bad = sorted(set(entry) - set(valid))
             if bad:
                 raise DDBenchError(f"board {source}: method {method!r} has unknown key(s) {bad}; "
-                                   "valid keys: overrides, protocols, ipcs, note.")
+                                   f"valid keys: {', '.join(valid)}.")
             methods[str(method)] = MethodEntry(
                 overrides=[str(o) for o in entry.get("overrides") or []],
                 protocols=None if entry.get("protocols") is None else [str(p) for p in entry["protocols"]],

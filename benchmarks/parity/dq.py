@@ -57,6 +57,15 @@ class Images(torch.utils.data.Dataset):
         return self.images[i], int(self.targets[i])
 
 
+def reference_package(ref: Path) -> types.ModuleType:
+    """The checkout's `dq` package (its DeepCore) with its progress prints and bars silenced."""
+    dq = import_package(ref / "dq", "reference_dq", ("methods", "nets"))
+    for module in (dq.methods.earlytrain, dq.methods.submodular):
+        module.print = quiet
+    dq.methods.methods_utils.submodular_optimizer.tqdm = lambda iterable, **kwargs: iterable
+    return dq
+
+
 def reference_bins(ref: Path, dq: types.ModuleType, model: torch.nn.Module, data: Images, num_bins: int) -> dict:
     """quantize_sample's bin loop on `data` with `model`'s weights: per bin the saved (dataset) indices, the
     picks in order, and the gradient matrices of the first bin per class."""
@@ -207,10 +216,7 @@ def main() -> int:
     args, report = start(__doc__, "magic-research/Dataset_Quantization", "quantize_sample.py",
                          "DQ: ddbench.methods.dq vs the reference (its bundled DeepCore)",
                          {"--bins": (5, "GraphCut bins (fraction 1/bins)")})
-    dq = import_package(args.reference / "dq", "reference_dq", ("methods", "nets"))
-    for module in (dq.methods.earlytrain, dq.methods.submodular):
-        module.print = quiet
-    dq.methods.methods_utils.submodular_optimizer.tqdm = lambda iterable, **kwargs: iterable
+    dq = reference_package(args.reference)
     gen = torch.Generator().manual_seed(args.seed)
     model = create_model("resnet18_cifar", 3, 5, 32).requires_grad_(False)
     for label, counts in (("equal classes", BALANCED), ("unequal classes", UNEQUAL)):

@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from common import Edits, extract, import_package, quiet, reference_commit
+from common import Edits, extract, quiet, reference_commit
 
 import ddbench
 from ddbench.data.tensors import load_dataset
@@ -82,12 +82,9 @@ def reference_dq(ref: Path, data: SimpleNamespace, seed: int, opts: argparse.Nam
                  ) -> tuple[torch.Tensor, torch.Tensor, list[Edits]]:
     """The reference's DQ selection on `data` with `network`'s weights: quantize_sample's bin loop (dq.py), then
     quantize_bin's sampling (DeepCore Uniform, balance=True, per bin round(fraction · |class in bin|))."""
-    from dq import Images, reference_bins
+    from dq import Images, reference_bins, reference_package
 
-    dq = import_package(ref / "dq", "reference_dq", ("methods", "nets"))
-    for module in (dq.methods.earlytrain, dq.methods.submodular):
-        module.print = quiet
-    dq.methods.methods_utils.submodular_optimizer.tqdm = lambda iterable, **kwargs: iterable
+    dq = reference_package(ref)
     shared = Images(data.images, data.labels, data.classes)
     bins = reference_bins(ref, dq, network, shared, opts.bins)["bins"]
     fraction = opts.ipc / opts.per_class
