@@ -88,7 +88,9 @@ class Edits(ast.NodeTransformer):
     'torch.float' (the precision of a run); drop_calls: method names whose call `x.name()` becomes `x`;
     constants: {function name: {number: variable name}} inside that function only; keywords: {keyword: variable
     name}, the value of every call's keyword argument of that name (e.g. exp=1 → exp=POWER); probes: {statement
-    source: probe name}, a call `probe(locals())` inserted after every statement whose source is that text.
+    source: probe name}, a call `probe(locals())` inserted after every statement whose source is that text;
+    statements: {statement source: new source}, a statement replaced where a constant edit would be too broad (the
+    new source is then edited like the rest).
     """
 
     strings: dict[str, str] = field(default_factory=lambda: {"cuda": "cpu"})
@@ -97,6 +99,7 @@ class Edits(ast.NodeTransformer):
     constants: dict[str, dict[int | float, str]] = field(default_factory=dict)
     keywords: dict[str, str] = field(default_factory=dict)
     probes: dict[str, str] = field(default_factory=dict)
+    statements: dict[str, str] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     _function: list[str] = field(default_factory=list)
 
@@ -143,12 +146,23 @@ class Edits(ast.NodeTransformer):
         return node
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
+        for name in ("body", "orelse", "finalbody"):
+            body = getattr(node, name, None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+                setattr(node, name, [self._replaced(stmt) for stmt in body])
         super().generic_visit(node)
         for name in ("body", "orelse", "finalbody"):
             body = getattr(node, name, None)
             if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
                 setattr(node, name, self._with_probes(body))
         return node
+
+    def _replaced(self, stmt: ast.stmt) -> ast.stmt:
+        new = self.statements.get(ast.unparse(stmt))
+        if new is None:
+            return stmt
+        self.note(f"`{ast.unparse(stmt)}` -> `{new}`")
+        return ast.copy_location(ast.parse(new).body[0], stmt)
 
     def _with_probes(self, body: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []

@@ -3,13 +3,15 @@ same data, both sets evaluated by ddbench's evaluator; mean ± std over seeds.
 
     python benchmarks/parity/end_to_end.py datadam --reference /path/to/DataDAM
     python benchmarks/parity/end_to_end.py dq --reference /path/to/Dataset_Quantization
+    python benchmarks/parity/end_to_end.py cda --reference /path/to/SRe2L
 
 The step-level scripts beside this one (datadam.py, dq.py, ...) show that each piece agrees at float rounding on
 the same inputs. This one runs the whole loop: the data are the first --per-class training images per class of
 --dataset (default Fashion-MNIST; normalized by ddbench, the same tensors on both sides), both sides distill
 --ipc images per class with the same settings, and each set is evaluated once per seed by `ddbench.evaluate`
-under the `dc` protocol on --model for --eval-epochs epochs (the evaluation seed = the distillation seed). The
-table prints, per side, the mean ± std test accuracy over --seeds seeds and the distillation time.
+under the method's protocol (`dc` for datadam and dq, `cda` for cda) on --model for --eval-epochs epochs (the
+evaluation seed = the distillation seed). The table prints, per side, the mean ± std test accuracy over --seeds
+seeds and the distillation time.
 
 - datadam: the reference's main_DataDAM.py main(), from `image_syn = torch.randn(...)` through its training loop
   (edited as listed: cuda → cpu; its evaluation pool empty, so it only distills), with its own get_network
@@ -25,6 +27,15 @@ table prints, per side, the mean ± std test accuracy over --seeds seeds and the
   same data: the bins are the same (dq.py checks them index for index); the uniform draws within the bins come
   from different generators (numpy's per bin there, torch's here), so the sets differ by those draws. The
   reference's patch stage needs downloaded MAE and ImageNet weights and is left out on both sides.
+- cda: CDA's recover_cda_tiny.py get_images() for every ipc_id (edited as listed: its 200 classes, 64 px and 3
+  channels (of its N(0, 1) draw) become the data's; cuda → cpu; its Tiny-ImageNet clip/denormalise use the data's mean/std; the images
+  it would write as 8-bit JPEGs are kept as float tensors, as ddbench keeps them), given ddbench's own cached
+  teacher (ConvNet-BN, --teacher-epochs on the shared subset; a fresh copy per ipc_id, as its main_syn loads the
+  checkpoint once per ipc_id) and ddbench's recover settings (lr 0.25, r_bn 0.01, jitter 4, cosine crop
+  curriculum, first BN x10, --iterations steps). ddbench runs method=cda with the same teacher block. Both sets are
+  relabelled online by that same teacher under eval=cda (teacher BatchNorm in train mode, as the reference's
+  relabel script). The crop boxes, flips and rolls come from different streams (torchvision's and Python's global
+  generators there, ddbench's generator here), so the sets differ by those draws.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -97,6 +109,62 @@ def reference_dq(ref: Path, data: SimpleNamespace, seed: int, opts: argparse.Nam
     return data.images[chosen].clone(), data.labels[chosen].clone(), [Edits()]
 
 
+def reference_cda(ref: Path, data: SimpleNamespace, seed: int, opts: argparse.Namespace, teacher: torch.nn.Module,
+                  mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor, list[Edits]]:
+    """CDA's recover (recover_cda_tiny.py get_images, once per ipc_id) with `teacher`: (images [K*ipc,C,H,W] in
+    [0, 1], labels [K*ipc], edits)."""
+    from common import import_file, optional_module, run_edited
+
+    classes, (channels, size) = data.classes, (data.images.shape[1], data.images.shape[-1])
+    draw = "inputs = torch.randn((targets.shape[0], {}), requires_grad=True, device='cuda', dtype=data_type)"
+    edits = Edits(constants={"get_images": {200: "NUM_CLASSES", 64: "IMAGE_SIZE"}},
+                  statements={draw.format("3, 64, 64"): draw.format("CHANNELS, IMAGE_SIZE, IMAGE_SIZE")})
+    utils = import_file(ref / "CDA" / "utils.py", "reference_cda_utils")
+    ns = run_edited(ref / "CDA" / "recover_cda_tiny.py", edits,
+                    {"NUM_CLASSES": classes, "IMAGE_SIZE": size, "CHANNELS": channels, "print": quiet},
+                    {"utils": utils, **optional_module("wandb")})
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    # tiny_clip / tiny_denormalize: the same formulas with the data's constants in place of Tiny-ImageNet's
+    ns["tiny_clip"] = lambda x: torch.maximum(torch.minimum(x, (1 - m) / s), -m / s)
+    ns["tiny_denormalize"] = lambda x: (x * s + m).clamp(0, 1)
+    edits.note("tiny_clip / tiny_denormalize -> the data's mean/std")
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    ns["save_images"] = lambda _args, images, targets, _ipc_id: saved.append((images.detach().clone(), targets.clone()))
+    edits.note("save_images -> kept as float tensors (no 8-bit JPEG)")
+    args = SimpleNamespace(batch_size=classes, iteration=opts.iterations, lr=0.25, r_bn=0.01, jitter=4,
+                           first_bn_multiplier=10.0, milestone=1.0, easy2hard_mode="cosine", store_best_images=True,
+                           verifier=False, syn_data_path="")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    for ipc_id in range(opts.ipc):  # main_syn loads a fresh teacher per ipc_id (get_images hooks every BN anew)
+        ns["get_images"](args, copy.deepcopy(teacher), None, ipc_id)
+    images, labels = torch.cat([x for x, _ in saved]), torch.cat([y for _, y in saved])
+    order = torch.argsort(labels, stable=True)  # class-major
+    return images[order], labels[order], [edits]  # its utils.py (BNFeatureHook, lr_cosine_policy) runs unedited
+
+
+def cda_teacher(opts: argparse.Namespace, splits) -> torch.nn.Module:  # noqa: ANN001
+    """ddbench's cached CDA teacher of this setting (the block method=cda and eval=cda are given)."""
+    from ddbench.api import compose_config
+    from ddbench.cache import Cache
+    from ddbench.methods.teachers import teacher_config
+    from ddbench.training import load_teacher
+
+    cfg = compose_config(["method=cda", f"dataset={opts.dataset}", *cda_teacher_overrides("method", opts)])
+    teacher = load_teacher(teacher_config(cfg["method"]["teacher"], splits.info), splits, torch.device("cpu"),
+                           Cache(cfg["paths"]["cache"]))
+    return teacher.members[0].eval().requires_grad_(False)
+
+
+def cda_teacher_overrides(prefix: str, opts: argparse.Namespace) -> list[str]:
+    """The teacher block of both sides' cda runs (method.teacher and eval.teacher): ConvNet-BN, as the
+    Fashion-MNIST preset, for --teacher-epochs epochs."""
+    return [f"{prefix}.teacher.models=[convnet_bn]", f"++{prefix}.teacher.model_kwargs={{convnet_bn:{{width:64}}}}",
+            f"{prefix}.teacher.epochs={opts.teacher_epochs}", f"{prefix}.teacher.batch_size=128",
+            f"{prefix}.teacher.lr=0.05", f"++{prefix}.teacher.crop_padding=2"]
+
+
 def ours(method: str, seed: int, opts: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, float]:
     """ddbench's run of the same setting: (images, labels, distill seconds)."""
     overrides = [f"+dataset.max_train_per_class={opts.per_class}", "progress=false", *METHOD_OVERRIDES[method](opts)]
@@ -105,7 +173,8 @@ def ours(method: str, seed: int, opts: argparse.Namespace) -> tuple[torch.Tensor
     return artifact.images, artifact.labels, float(artifact.meta.get("distill_seconds", float("nan")))
 
 
-SIDE_METHOD = {"datadam": "datadam", "dq": "dq"}
+SIDE_METHOD = {"datadam": "datadam", "dq": "dq", "cda": "cda"}
+PROTOCOL = {"datadam": "dc", "dq": "dc", "cda": "cda"}
 METHOD_OVERRIDES: dict[str, Callable[[argparse.Namespace], list[str]]] = {
     # datadam_code: p = 1, BatchNorm, as the reference's loop; its lr_img 1 and momentum 0.5 are ddbench's too
     "datadam": lambda o: ["experiment=datadam_code", f"method.iterations={o.iterations}",
@@ -113,6 +182,9 @@ METHOD_OVERRIDES: dict[str, Callable[[argparse.Namespace], list[str]]] = {
     # the selection stage only: the reference's patch stage needs downloaded MAE and ImageNet weights
     "dq": lambda o: ["model=resnet18_cifar", "method.gradient=reference", "method.pixel=false",
                      f"method.num_bins={o.bins}", f"method.embedding.epochs={o.embedding_epochs}"],
+    # ddbench's recover defaults (lr 0.25, r_bn 0.01, jitter 4, cosine curriculum) are what the reference is given
+    "cda": lambda o: [f"method.iterations={o.iterations}",
+                      *cda_teacher_overrides("method", o)],
 }
 
 
@@ -126,10 +198,15 @@ def embedding_network(opts: argparse.Namespace, splits) -> torch.nn.Module:  # n
     return load_teacher(cfg, splits, torch.device("cpu")).members[0].requires_grad_(False)
 
 
-def evaluate(images: torch.Tensor, labels: torch.Tensor, seed: int, opts: argparse.Namespace) -> float:
-    report = ddbench.evaluate(images, labels, dataset=opts.dataset, protocol="dc", models=[opts.model], seeds=[seed],
-                              normalized=True, device="cpu",
-                              overrides=[f"eval.epochs={opts.eval_epochs}", "progress=false"])
+def evaluate(images: torch.Tensor, labels: torch.Tensor, seed: int, opts: argparse.Namespace,
+             normalized: bool = True) -> float:
+    """ddbench's test accuracy of one set under the method's protocol, one seed."""
+    protocol = PROTOCOL[opts.method]
+    extra = [] if protocol == "dc" else [f"eval.epochs_no_aug={opts.eval_epochs}", "eval.batch_size=64",
+                                         *cda_teacher_overrides("eval", opts)]
+    report = ddbench.evaluate(images, labels, dataset=opts.dataset, protocol=protocol, models=[opts.model],
+                              seeds=[seed], normalized=normalized, device="cpu",
+                              overrides=[f"eval.epochs={opts.eval_epochs}", "progress=false", *extra])
     return report.accuracies[opts.model][0]
 
 
@@ -147,15 +224,16 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--model", default="convnet", help="the evaluation model")
     parser.add_argument("--eval-epochs", type=int, default=300)
-    parser.add_argument("--iterations", type=int, default=200, help="datadam: distillation iterations")
+    parser.add_argument("--iterations", type=int, default=200, help="datadam, cda: distillation iterations")
     parser.add_argument("--batch-real", type=int, default=64, help="datadam: real images per class per iteration")
     parser.add_argument("--bins", type=int, default=10, help="dq: GraphCut bins")
     parser.add_argument("--embedding-epochs", type=int, default=10, help="dq: epochs of the embedding network")
+    parser.add_argument("--teacher-epochs", type=int, default=30, help="cda: epochs of the teacher")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     opts = parser.parse_args()
     warnings.filterwarnings("ignore", message="Default grid_sample and affine_grid")  # the reference's DSA
-    marker = {"datadam": "main_DataDAM.py", "dq": "quantize_sample.py"}[opts.method]
+    marker = {"datadam": "main_DataDAM.py", "dq": "quantize_sample.py", "cda": "CDA/recover_cda_tiny.py"}[opts.method]
     if not (opts.reference / marker).is_file():
         parser.error(f"--reference {opts.reference} has no {marker}; pass a checkout of the {opts.method} reference.")
     opts.reference = opts.reference.resolve()
@@ -169,17 +247,24 @@ def main() -> int:
         rows["ddbench"]["acc"].append(evaluate(images, labels, seed, opts))
         rows["ddbench"]["sec"].append(seconds)
         started = time.perf_counter()
+        normalized = True
         if opts.method == "datadam":
             ref_images, ref_labels, edits = reference_datadam(opts.reference, data, seed, opts)
-        else:
+        elif opts.method == "dq":
             ref_images, ref_labels, edits = reference_dq(opts.reference, data, seed, opts,
                                                         embedding_network(opts, splits))
+        else:  # the teacher is loaded before the clock starts on ddbench's side too (its cache)
+            teacher = cda_teacher(opts, splits)
+            started = time.perf_counter()
+            ref_images, ref_labels, edits = reference_cda(opts.reference, data, seed, opts, teacher,
+                                                          splits.info.mean, splits.info.std)
+            normalized = False  # denormalised to [0, 1] by the reference's save path
         rows["reference"]["sec"].append(time.perf_counter() - started)
-        rows["reference"]["acc"].append(evaluate(ref_images, ref_labels, seed, opts))
+        rows["reference"]["acc"].append(evaluate(ref_images, ref_labels, seed, opts, normalized))
         print(f"seed {seed}: ddbench {100 * rows['ddbench']['acc'][-1]:.2f} %, reference "
               f"{100 * rows['reference']['acc'][-1]:.2f} %", file=sys.stderr, flush=True)
     print(f"{opts.method} end to end on {opts.dataset} ({opts.per_class} train images per class), IPC {opts.ipc}, "
-          f"evaluated by ddbench (dc, {opts.model}, {opts.eval_epochs} epochs), {opts.seeds} seeds; reference "
+          f"evaluated by ddbench ({PROTOCOL[opts.method]}, {opts.model}, {opts.eval_epochs} epochs), {opts.seeds} seeds; reference "
           f"{reference_commit(opts.reference)}; reference edits: "
           f"{'; '.join(e.summary() for e in edits)}")
     print("\n| side | accuracy % | distill s per seed |\n|---|---|---|")
