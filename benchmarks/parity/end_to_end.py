@@ -4,12 +4,13 @@ same data, both sets evaluated by ddbench's evaluator; mean ± std over seeds.
     python benchmarks/parity/end_to_end.py datadam --reference /path/to/DataDAM
     python benchmarks/parity/end_to_end.py dq --reference /path/to/Dataset_Quantization
     python benchmarks/parity/end_to_end.py cda --reference /path/to/SRe2L
+    python benchmarks/parity/end_to_end.py infer --reference /path/to/UFC
 
 The step-level scripts beside this one (datadam.py, dq.py, ...) show that each piece agrees at float rounding on
 the same inputs. This one runs the whole loop: the data are the first --per-class training images per class of
 --dataset (default Fashion-MNIST; normalized by ddbench, the same tensors on both sides), both sides distill
 --ipc images per class with the same settings, and each set is evaluated once per seed by `ddbench.evaluate`
-under the method's protocol (`dc` for datadam and dq, `cda` for cda) on --model for --eval-epochs epochs (the
+under the method's protocol (`dc` for datadam and dq, `cda` for cda, `infer` for infer) on --model for --eval-epochs epochs (the
 evaluation seed = the distillation seed). The table prints, per side, the mean ± std test accuracy over --seeds
 seeds and the distillation time.
 
@@ -36,6 +37,15 @@ seeds and the distillation time.
   relabelled online by that same teacher under eval=cda (teacher BatchNorm in train mode, as the reference's
   relabel script). The crop boxes, flips and rolls come from different streams (torchvision's and Python's global
   generators there, ddbench's generator here), so the sets differ by those draws.
+- infer: UFC's ufc_cifar.py get_images() for every ipc_id (edited as listed: its UFC's 3 x 32 x 32 become the
+  data's shape; cuda → cpu; clip_image / denormalize_image use the data's mean/std; its removal of the third
+  teacher's second BN, EfficientNet-B0's unused one, is skipped, since the third teacher here is VGG-11-BN; the
+  saved images are kept as float tensors), given ddbench's own cached ensemble (ConvNet-BN, MobileNetV2 at half
+  width, VGG-11-BN, as the Fashion-MNIST preset, --teacher-epochs each; fresh copies per ipc_id, as its
+  generation() loads them per ipc_id) and ipc_init = floor(IPC / (1 + M/C)) real groups drawn per class with
+  numpy's generator seeded per run (its init tensor_k.pt files). ddbench runs method=infer with the same teacher
+  block. Both sets are labelled once by the mean logits of that same ensemble under eval=infer (static labels, as
+  its val_static.py). The real groups and the roll offsets come from different streams, so the sets differ.
 """
 
 from __future__ import annotations
@@ -123,10 +133,7 @@ def reference_cda(ref: Path, data: SimpleNamespace, seed: int, opts: argparse.Na
     ns = run_edited(ref / "CDA" / "recover_cda_tiny.py", edits,
                     {"NUM_CLASSES": classes, "IMAGE_SIZE": size, "CHANNELS": channels, "print": quiet},
                     {"utils": utils, **optional_module("wandb")})
-    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-    # tiny_clip / tiny_denormalize: the same formulas with the data's constants in place of Tiny-ImageNet's
-    ns["tiny_clip"] = lambda x: torch.maximum(torch.minimum(x, (1 - m) / s), -m / s)
-    ns["tiny_denormalize"] = lambda x: (x * s + m).clamp(0, 1)
+    ns["tiny_clip"], ns["tiny_denormalize"] = data_range(mean, std)
     edits.note("tiny_clip / tiny_denormalize -> the data's mean/std")
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
     ns["save_images"] = lambda _args, images, targets, _ipc_id: saved.append((images.detach().clone(), targets.clone()))
@@ -144,23 +151,75 @@ def reference_cda(ref: Path, data: SimpleNamespace, seed: int, opts: argparse.Na
     return images[order], labels[order], [edits]  # its utils.py (BNFeatureHook, lr_cosine_policy) runs unedited
 
 
-def cda_teacher(opts: argparse.Namespace, splits) -> torch.nn.Module:  # noqa: ANN001
-    """ddbench's cached CDA teacher of this setting (the block method=cda and eval=cda are given)."""
+def reference_infer(ref: Path, data: SimpleNamespace, seed: int, opts: argparse.Namespace,
+                    teachers: list[torch.nn.Module], mean: tuple[float, ...], std: tuple[float, ...]
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[Edits]]:
+    """UFC's generation (ufc_cifar.py get_images, once per ipc_id) with `teachers`: (images [K*ipc_end,C,H,W] in
+    [0, 1], labels, edits)."""
+    import tempfile
+
+    from common import import_file, optional_module, run_edited
+
+    classes, shape = data.classes, tuple(data.images.shape[1:])
+    draw = "uni_perb = torch.zeros((1, {}), requires_grad=True, device='cuda', dtype=torch.float)"
+    edits = Edits(statements={draw.format("3, 32, 32"): draw.format("*SHAPE"), "loss_packed_features[2].pop(1)": "pass"})
+    modules = {name: import_file(ref / "models" / f"{name}.py", name)
+               for name in ("mobilenetv2", "efficientnet", "shufflenet")}  # imported at its top, unused here
+    modules["utils"] = import_file(ref / "ufc_generation" / "utils.py", "reference_infer_utils")
+    ns = run_edited(ref / "ufc_generation" / "ufc_cifar.py", edits, {"SHAPE": shape, "print": quiet},
+                    {**modules, **optional_module("wandb")})
+    clip, denormalize = data_range(mean, std)
+    ns["clip_image"], ns["denormalize_image"] = lambda x, _dataset: clip(x), lambda x, _dataset: denormalize(x)
+    edits.note("clip_image / denormalize_image -> the data's mean/std")
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    ns["save_images"] = lambda _args, images, targets, _ipc_id: saved.append((images.detach().clone(), targets.clone()))
+    edits.note("save_images -> kept as float tensors (no 8-bit image files)")
+    m_teachers = len(teachers)
+    ipc_init = int(opts.ipc / (m_teachers / classes + 1))  # the reference's own expression
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(data.labels.numpy() == c))[:ipc_init] for c in range(classes)]
+    with tempfile.TemporaryDirectory() as folder:
+        for k in range(ipc_init):  # its init tensors: group k = one real image per class, normalized
+            torch.save(data.images[[int(rows[k]) for rows in per_class]].clone(), Path(folder) / f"tensor_{k}.pt")
+        args = SimpleNamespace(batch_size=classes, num_class=classes, ipc_init=ipc_init, iteration=opts.iterations,
+                               lr=0.25, r_bn=1.0, jitter=4, first_bn_multiplier=10.0, store_best_images=True,
+                               init_path=folder, dataset="shared", syn_data_path="")
+        random.seed(seed)
+        torch.manual_seed(seed)
+        for ipc_id in range(ipc_init * (m_teachers + 1)):  # generation() loads the teachers anew per ipc_id
+            ns["get_images"](args, [copy.deepcopy(t) for t in teachers], None, ipc_id)
+    images, labels = torch.cat([x for x, _ in saved]), torch.cat([y for _, y in saved])
+    order = torch.argsort(labels, stable=True)
+    return images[order], labels[order], [edits]
+
+
+def data_range(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Callable, Callable]:
+    """The references' clip (to the normalized pixel range) and denormalise (to [0, 1]), with the data's
+    per-channel mean/std in place of their hard-coded CIFAR / Tiny-ImageNet constants."""
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return (lambda x: torch.maximum(torch.minimum(x, (1 - m) / s), -m / s)), (lambda x: (x * s + m).clamp(0, 1))
+
+
+def recover_teachers(opts: argparse.Namespace, splits) -> list[torch.nn.Module]:  # noqa: ANN001
+    """ddbench's cached teacher(s) of this setting (the block method=cda|infer and eval=cda|infer are given)."""
     from ddbench.api import compose_config
     from ddbench.cache import Cache
     from ddbench.methods.teachers import teacher_config
     from ddbench.training import load_teacher
 
-    cfg = compose_config(["method=cda", f"dataset={opts.dataset}", *cda_teacher_overrides("method", opts)])
-    teacher = load_teacher(teacher_config(cfg["method"]["teacher"], splits.info), splits, torch.device("cpu"),
-                           Cache(cfg["paths"]["cache"]))
-    return teacher.members[0].eval().requires_grad_(False)
+    cfg = compose_config([f"method={opts.method}", f"dataset={opts.dataset}", *teacher_overrides("method", opts)])
+    block = teacher_config(cfg["method"]["teacher"], splits.info, ensemble=opts.method == "infer")
+    teacher = load_teacher(block, splits, torch.device("cpu"), Cache(cfg["paths"]["cache"]))
+    return [member.eval().requires_grad_(False) for member in teacher.members]
 
 
-def cda_teacher_overrides(prefix: str, opts: argparse.Namespace) -> list[str]:
-    """The teacher block of both sides' cda runs (method.teacher and eval.teacher): ConvNet-BN, as the
-    Fashion-MNIST preset, for --teacher-epochs epochs."""
-    return [f"{prefix}.teacher.models=[convnet_bn]", f"++{prefix}.teacher.model_kwargs={{convnet_bn:{{width:64}}}}",
+def teacher_overrides(prefix: str, opts: argparse.Namespace) -> list[str]:
+    """The teacher block of both sides' cda / infer runs (method.teacher and eval.teacher), as the Fashion-MNIST
+    presets, for --teacher-epochs epochs: cda ConvNet-BN; infer ConvNet-BN, MobileNetV2 (half width), VGG-11-BN."""
+    models, kwargs = (("[convnet_bn]", "{convnet_bn:{width:64}}") if opts.method == "cda" else
+                      ("[convnet_bn,mobilenetv2_cifar,vgg11_bn]",
+                       "{convnet_bn:{width:64},mobilenetv2_cifar:{width:0.5}}"))
+    return [f"{prefix}.teacher.models={models}", f"++{prefix}.teacher.model_kwargs={kwargs}",
             f"{prefix}.teacher.epochs={opts.teacher_epochs}", f"{prefix}.teacher.batch_size=128",
             f"{prefix}.teacher.lr=0.05", f"++{prefix}.teacher.crop_padding=2"]
 
@@ -170,11 +229,12 @@ def ours(method: str, seed: int, opts: argparse.Namespace) -> tuple[torch.Tensor
     overrides = [f"+dataset.max_train_per_class={opts.per_class}", "progress=false", *METHOD_OVERRIDES[method](opts)]
     artifact = ddbench.distill(SIDE_METHOD[method], opts.dataset, opts.ipc, seed=seed, overrides=overrides,
                                device="cpu")
-    return artifact.images, artifact.labels, float(artifact.meta.get("distill_seconds", float("nan")))
+    images, labels = artifact.training_set()  # a factorized set (INFER's real + UFC) materialised
+    return images, labels, float(artifact.meta.get("distill_seconds", float("nan")))
 
 
-SIDE_METHOD = {"datadam": "datadam", "dq": "dq", "cda": "cda"}
-PROTOCOL = {"datadam": "dc", "dq": "dc", "cda": "cda"}
+SIDE_METHOD = {"datadam": "datadam", "dq": "dq", "cda": "cda", "infer": "infer"}
+PROTOCOL = {"datadam": "dc", "dq": "dc", "cda": "cda", "infer": "infer"}
 METHOD_OVERRIDES: dict[str, Callable[[argparse.Namespace], list[str]]] = {
     # datadam_code: p = 1, BatchNorm, as the reference's loop; its lr_img 1 and momentum 0.5 are ddbench's too
     "datadam": lambda o: ["experiment=datadam_code", f"method.iterations={o.iterations}",
@@ -184,7 +244,8 @@ METHOD_OVERRIDES: dict[str, Callable[[argparse.Namespace], list[str]]] = {
                      f"method.num_bins={o.bins}", f"method.embedding.epochs={o.embedding_epochs}"],
     # ddbench's recover defaults (lr 0.25, r_bn 0.01, jitter 4, cosine curriculum) are what the reference is given
     "cda": lambda o: [f"method.iterations={o.iterations}",
-                      *cda_teacher_overrides("method", o)],
+                      *teacher_overrides("method", o)],
+    "infer": lambda o: [f"method.iterations={o.iterations}", *teacher_overrides("method", o)],
 }
 
 
@@ -203,10 +264,11 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, seed: int, opts: argpar
     """ddbench's test accuracy of one set under the method's protocol, one seed."""
     protocol = PROTOCOL[opts.method]
     extra = [] if protocol == "dc" else [f"eval.epochs_no_aug={opts.eval_epochs}", "eval.batch_size=64",
-                                         *cda_teacher_overrides("eval", opts)]
+                                         *teacher_overrides("eval", opts)]
     report = ddbench.evaluate(images, labels, dataset=opts.dataset, protocol=protocol, models=[opts.model],
                               seeds=[seed], normalized=normalized, device="cpu",
-                              overrides=[f"eval.epochs={opts.eval_epochs}", "progress=false", *extra])
+                              overrides=[f"+dataset.max_train_per_class={opts.per_class}",  # the teacher's data
+                                         f"eval.epochs={opts.eval_epochs}", "progress=false", *extra])
     return report.accuracies[opts.model][0]
 
 
@@ -224,16 +286,17 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--model", default="convnet", help="the evaluation model")
     parser.add_argument("--eval-epochs", type=int, default=300)
-    parser.add_argument("--iterations", type=int, default=200, help="datadam, cda: distillation iterations")
+    parser.add_argument("--iterations", type=int, default=200, help="datadam, cda, infer: distillation iterations")
     parser.add_argument("--batch-real", type=int, default=64, help="datadam: real images per class per iteration")
     parser.add_argument("--bins", type=int, default=10, help="dq: GraphCut bins")
     parser.add_argument("--embedding-epochs", type=int, default=10, help="dq: epochs of the embedding network")
-    parser.add_argument("--teacher-epochs", type=int, default=30, help="cda: epochs of the teacher")
+    parser.add_argument("--teacher-epochs", type=int, default=30, help="cda, infer: epochs of each teacher")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     opts = parser.parse_args()
     warnings.filterwarnings("ignore", message="Default grid_sample and affine_grid")  # the reference's DSA
-    marker = {"datadam": "main_DataDAM.py", "dq": "quantize_sample.py", "cda": "CDA/recover_cda_tiny.py"}[opts.method]
+    marker = {"datadam": "main_DataDAM.py", "dq": "quantize_sample.py", "cda": "CDA/recover_cda_tiny.py",
+              "infer": "ufc_generation/ufc_cifar.py"}[opts.method]
     if not (opts.reference / marker).is_file():
         parser.error(f"--reference {opts.reference} has no {marker}; pass a checkout of the {opts.method} reference.")
     opts.reference = opts.reference.resolve()
@@ -253,11 +316,13 @@ def main() -> int:
         elif opts.method == "dq":
             ref_images, ref_labels, edits = reference_dq(opts.reference, data, seed, opts,
                                                         embedding_network(opts, splits))
-        else:  # the teacher is loaded before the clock starts on ddbench's side too (its cache)
-            teacher = cda_teacher(opts, splits)
+        else:  # the teachers are loaded before the clock starts, as on ddbench's side (its cache)
+            teachers = recover_teachers(opts, splits)
             started = time.perf_counter()
-            ref_images, ref_labels, edits = reference_cda(opts.reference, data, seed, opts, teacher,
-                                                          splits.info.mean, splits.info.std)
+            recover = reference_cda if opts.method == "cda" else reference_infer
+            ref_images, ref_labels, edits = recover(opts.reference, data, seed, opts,
+                                                    teachers[0] if opts.method == "cda" else teachers,
+                                                    splits.info.mean, splits.info.std)
             normalized = False  # denormalised to [0, 1] by the reference's save path
         rows["reference"]["sec"].append(time.perf_counter() - started)
         rows["reference"]["acc"].append(evaluate(ref_images, ref_labels, seed, opts, normalized))
