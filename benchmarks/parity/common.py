@@ -229,7 +229,13 @@ def import_file(path: Path, name: str, modules: dict[str, types.ModuleType] | No
 
 def import_package(root: Path, name: str, submodules: tuple[str, ...] = ()) -> types.ModuleType:
     """Import the package folder `root` under the name `name` (its relative imports work under any name), and
-    its `submodules`."""
+    its `submodules`. A second call for the same folder and name returns the package already imported (its
+    submodules stay cached in sys.modules, so a fresh parent would lack them)."""
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(root / "__init__.py"):
+        for sub in submodules:
+            importlib.import_module(f"{name}.{sub}")
+        return loaded
     spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
