@@ -237,3 +237,20 @@ def test_cross_architecture_cells_share_the_set_and_stay_on_the_board():
     with pytest.raises(DDBenchError, match="cross_architecture must map models and ipcs"):
         Board.from_dict({"name": "x", "dataset": "digits", "ipcs": [1], "methods": {"random": {}},
                          "cross_architecture": {"models": ["alexnet"]}}, "test")
+
+
+def test_a_cached_ensemble_loads_without_measuring_again(digits_small, tmp_path, monkeypatch):
+    import ddbench.training.teacher as teacher_module
+
+    cfg = TeacherConfig(models=["mlp", "mlp"], model_kwargs={"mlp": {"width": 16}}, epochs=1, batch_size=64)
+    first = load_teacher(cfg, digits_small, CPU, Cache(tmp_path))
+    mean_logits = first(digits_small.test.images)
+    assert first.test_accuracy == pytest.approx(
+        float((mean_logits.argmax(-1) == digits_small.test.labels).float().mean()))
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a cached ensemble measured its accuracy again")
+
+    monkeypatch.setattr(teacher_module, "split_accuracy", no_forward)
+    again = load_teacher(cfg, digits_small, CPU, Cache(tmp_path))
+    assert (again.train_accuracy, again.test_accuracy) == (first.train_accuracy, first.test_accuracy)

@@ -169,7 +169,8 @@ def load_teacher(cfg: TeacherConfig, splits: Splits, device: torch.device, cache
     """The teacher ensemble of `cfg`: each member from the cache (kind "teachers"), trained on a miss.
 
     Each member's train and test accuracy are measured once, when it is trained, and cached with its weights; an
-    ensemble's own accuracies come from its mean logits (one forward of each split)."""
+    ensemble's own accuracies come from its mean logits, measured once and cached too (kind "teachers", keyed on
+    its members' keys), so loading a cached ensemble forwards no image."""
     cache = cache or Cache()
     cfg = cfg.for_data(splits.info)
     members, accuracies = [], []
@@ -196,7 +197,12 @@ def load_teacher(cfg: TeacherConfig, splits: Splits, device: torch.device, cache
     teacher = Teacher(members, list(cfg.models), train_accuracy=accuracies[0][0], test_accuracy=accuracies[0][1],
                       augment={"augment": cfg.augment, "crop_padding": cfg.crop_padding, "flip": cfg.flip,
                                "epochs": cfg.epochs})
-    if len(members) > 1:
-        teacher.train_accuracy = split_accuracy(teacher, splits.train)
-        teacher.test_accuracy = split_accuracy(teacher, splits.test)
+    if len(members) > 1:  # measured once per ensemble too (two forwards of every split), cached beside its members
+        def measure() -> dict[str, torch.Tensor]:
+            return {"train_accuracy": torch.tensor(split_accuracy(teacher, splits.train), dtype=torch.float64),
+                    "test_accuracy": torch.tensor(split_accuracy(teacher, splits.test), dtype=torch.float64)}
+
+        key = {"ensemble": [teacher_key(cfg, splits, index) for index in range(len(members))]}
+        found = cache.get_or_create("teachers", key, measure, required=("train_accuracy", "test_accuracy"))
+        teacher.train_accuracy, teacher.test_accuracy = float(found["train_accuracy"]), float(found["test_accuracy"])
     return teacher
