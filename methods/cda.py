@@ -4,8 +4,9 @@ Squeeze: a BatchNorm teacher trained by ddbench on the full real train split (ca
 Recover: images x ~ N(0,1) in the normalised space (or real images, init=real), one group per (ipc_id, class batch) of `class_batch`
 classes with one image each; every iteration a per-group curriculum RandomResizedCrop + flip and roll jitter,
 loss CE + r_bn·(BN-statistics loss, first BN ×10), Adam (0.5, 0.9) with a cosine lr, clamp to the valid pixel
-range, last iterate kept. All groups run in one batched forward (methods/recover.py), chunked by
-`groups_per_step` when memory is short. Relabel happens in the evaluation protocol (eval=cda: an online
+range, last iterate kept. All groups are optimised together (methods/recover.py), their teacher forwards in
+chunks of `groups_per_forward` groups (auto: all on a GPU, ~32 images on a CPU; the images do not depend on it);
+`groups_per_step` instead optimises parts of the groups one after another. Relabel happens in the evaluation protocol (eval=cda: an online
 teacher); the artifact stores hard labels and float images (no JPEG round-trip, unlike the reference).
 SRe2L: crop=fixed (scale (0.08, 1)) or crop=none (roll jitter only, its CIFAR setting).
 """
@@ -19,8 +20,8 @@ from tqdm.auto import tqdm
 
 from ddbench.methods.base import DistillResult, Method, register_method
 from ddbench.methods.options import option
-from ddbench.methods.recover import (CROP_MODES, BNStatLoss, RecoverAugment, RecoverOptions, optimise,
-                                     pixel_bounds)
+from ddbench.methods.recover import (CROP_MODES, BNStatLoss, RecoverAugment, RecoverOptions, forward_chunk,
+                                     optimise, pixel_bounds)
 from ddbench.training import load_teacher
 from ddbench.training.recipe import AUTO, data_flip
 from ddbench.utils import DDBenchError
@@ -88,7 +89,8 @@ class CDA(Method):
                 losses.append(optimise(
                     xs, lambda p: p, labels[part], model, bn, iterations=o.iterations, lr=o.lr, r_bn=o.r_bn,
                     augment=augment, generator=self.generator, bounds=bounds, progress=lambda _: bar.update(1),
-                    guard_every=o.guard_every))
+                    guard_every=o.guard_every,
+                    chunk=forward_chunk(o.groups_per_forward, batch, self.device)))
                 x[part] = xs.detach()
         finally:
             bar.close()

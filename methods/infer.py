@@ -26,7 +26,7 @@ from ddbench.artifact.decode import materialise_ufc
 from ddbench.methods.base import DistillResult, Method, register_method
 from ddbench.methods.cda import STORAGE_NOTE
 from ddbench.methods.options import option
-from ddbench.methods.recover import BNStatLoss, RecoverAugment, RecoverOptions, optimise, pixel_bounds
+from ddbench.methods.recover import BNStatLoss, RecoverAugment, RecoverOptions, forward_chunk, optimise, pixel_bounds
 from ddbench.training import Teacher, TeacherConfig, load_teacher
 from ddbench.utils import DDBenchError
 
@@ -90,7 +90,8 @@ class INFER(Method):
                     losses.append(optimise(
                         u, lambda p: groups + p, targets, member, bn, iterations=o.iterations, lr=o.lr, r_bn=o.r_bn,
                         augment=augment, generator=self.generator, progress=lambda _: bar.update(1),
-                        guard_every=o.guard_every))
+                        guard_every=o.guard_every,
+                        chunk=forward_chunk(o.groups_per_forward, k, self.device)))
                 finally:
                     bn.remove()
                 ufc[:, index] = u[:, 0]

@@ -15,6 +15,7 @@ from ddbench.methods.recover import (
     BNStatLoss,
     RecoverAugment,
     crop_boxes,
+    forward_chunk,
     group_flip,
     group_roll,
     min_crop_scale,
@@ -109,6 +110,37 @@ def test_batched_optimisation_equals_one_group_at_a_time():
         optimise(alone, lambda p: p, labels[i : i + 1], teacher, bn, generator=gen, **kw)
         torch.testing.assert_close(batched[i : i + 1], alone, rtol=1e-4, atol=1e-5)
     assert not torch.equal(batched, x0) and batched.min() >= -1.0 and batched.max() <= 2.0
+
+
+@pytest.mark.parametrize("compose", ["leaf", "real_plus_ufc"])
+def test_chunked_forwards_give_the_images_of_one_batch(compose):
+    """Chunks of groups per forward (any size) replay the same draws and end at the same images and losses, with
+    crops, flips, rolls and clamping, on the images themselves (CDA) and on real + UFC (INFER)."""
+    teacher = small_teacher()
+    bn = BNStatLoss(teacher)
+    gen = torch.Generator().manual_seed(3)
+    real = torch.randn(5, 4, 1, 16, 16, generator=gen)
+    labels = torch.randint(0, 10, (5, 4), generator=gen)
+    bounds = (torch.full((1, 1, 1, 1), -1.5), torch.full((1, 1, 1, 1), 1.5))
+    runs = {}
+    for chunk in (None, 1, 2, 5):
+        param = real.clone() if compose == "leaf" else torch.zeros(5, 1, 1, 16, 16)
+        fn = (lambda p: p) if compose == "leaf" else (lambda p: real + p)
+        last = optimise(param, fn, labels, teacher, bn, iterations=4, lr=0.25, r_bn=0.01,
+                        augment=RecoverAugment(crop="cosine", flip=True, jitter=2),
+                        generator=torch.Generator().manual_seed(7), bounds=bounds, chunk=chunk)
+        runs[chunk] = (param, last)
+    for chunk in (1, 2, 5):
+        torch.testing.assert_close(runs[chunk][0], runs[None][0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(runs[chunk][1], runs[None][1], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(runs[None][0], real if compose == "leaf" else torch.zeros_like(runs[None][0]))
+
+
+def test_forward_chunk_rule():
+    cpu, gpu = torch.device("cpu"), torch.device("meta")
+    assert forward_chunk(0, 10, cpu) == 3 and forward_chunk(0, 100, cpu) == 1 and forward_chunk(0, 4, cpu) == 8
+    assert forward_chunk(0, 10, gpu) is None  # every group in one forward off the CPU
+    assert forward_chunk(2, 10, cpu) == 2 and forward_chunk(2, 10, gpu) == 2
 
 
 def test_curriculum_crop_schedule_values():
