@@ -6,8 +6,9 @@ classes with one image each; every iteration a per-group curriculum RandomResize
 loss CE + r_bn·(BN-statistics loss, first BN ×10), Adam (0.5, 0.9) with a cosine lr, clamp to the valid pixel
 range, last iterate kept. All groups are optimised together (methods/recover.py), their teacher forwards in
 chunks of `groups_per_forward` groups (auto: all on a GPU, ~32 images on a CPU; the images do not depend on it);
-`groups_per_step` instead optimises parts of the groups one after another. Relabel happens in the evaluation protocol (eval=cda: an online
-teacher); the artifact stores hard labels and float images (no JPEG round-trip, unlike the reference).
+`groups_per_step` instead optimises parts of the groups one after another. Relabel happens in the evaluation
+protocol (eval=cda: an online teacher); the artifact stores hard labels and float images (no JPEG round-trip,
+unlike the reference).
 SRe2L: crop=fixed (scale (0.08, 1)) or crop=none (roll jitter only, its CIFAR setting).
 """
 

@@ -26,7 +26,8 @@ from ddbench.artifact.decode import materialise_ufc
 from ddbench.methods.base import DistillResult, Method, register_method
 from ddbench.methods.cda import STORAGE_NOTE
 from ddbench.methods.options import option
-from ddbench.methods.recover import BNStatLoss, RecoverAugment, RecoverOptions, forward_chunk, optimise, pixel_bounds
+from ddbench.methods.recover import (BNStatLoss, RecoverAugment, RecoverOptions, forward_chunk, optimise,
+                                     pixel_bounds)
 from ddbench.training import Teacher, TeacherConfig, load_teacher
 from ddbench.utils import DDBenchError
 
