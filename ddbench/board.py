@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -155,7 +156,8 @@ class Cell:
         run_dir = Path(output_root) / self.board / self.slug
         if helper:
             run_dir = run_dir / "helper"
-        return [*self.args, f"board.name={self.board}", f"board.cell={self.id}", f"paths.records={records}",
+        # The id is quoted: an id such as 9e7662564664 would otherwise be read by Hydra as a float (inf).
+        return [*self.args, f"board.name={self.board}", f"board.cell='{self.id}'", f"paths.records={records}",
                 f"hydra.run.dir={run_dir}", "progress=false", "reuse_distilled=true", *extra,
                 *(["helper=true"] if helper else [])]
 
@@ -282,11 +284,21 @@ def reference_cells(board: Board, runs: list[Cell]) -> list[Cell]:
             for protocol, names in models.items()]
 
 
+def record_cell(record: dict[str, Any]) -> str | None:
+    """The board cell id a record names, or None. Records written before cell ids were quoted on the command line
+    may hold a float where Hydra read an id like 9e7662564664 as a number; the id is then read off the command."""
+    cell = ((record.get("config") or {}).get("board") or {}).get("cell")
+    if cell is None or isinstance(cell, str):
+        return cell
+    found = re.search(r"board\.cell='?([0-9a-f]{12})\b", str(record.get("command") or ""))
+    return found.group(1) if found else str(cell)
+
+
 def finished_cells(records: list[dict[str, Any]]) -> dict[str, set[str]]:
     """cell id → the evaluation architectures with a record for it (the id names the cell's exact arguments)."""
     done: dict[str, set[str]] = {}
     for record in records:
-        cell = ((record.get("config") or {}).get("board") or {}).get("cell")
+        cell = record_cell(record)
         if cell:
             done.setdefault(str(cell), set()).add(record["eval_model"])
     return done
@@ -295,7 +307,7 @@ def finished_cells(records: list[dict[str, Any]]) -> dict[str, set[str]]:
 def cell_seconds(records: list[dict[str, Any]], cell_id: str) -> float:
     """Distill + eval seconds of a finished cell (the eval seconds of all its architectures; no distill seconds
     when it reused a set another cell distilled)."""
-    mine = [r for r in records if ((r.get("config") or {}).get("board") or {}).get("cell") == cell_id]
+    mine = [r for r in records if record_cell(r) == cell_id]
     if not mine:
         return 0.0
     distilled = [r.get("distill_seconds") or 0.0 for r in mine if not r.get("distill_reused")]
@@ -322,7 +334,7 @@ def estimate_seconds(cell: Cell, records: list[dict[str, Any]], todo: list[Cell]
     for main in finished:
         if (main.kind, main.method, main.ipc, main.protocol) != ("main", cell.method, cell.ipc, cell.protocol):
             continue
-        mine = [r for r in records if ((r.get("config") or {}).get("board") or {}).get("cell") == main.id]
+        mine = [r for r in records if record_cell(r) == main.id]
         base = [r for r in mine if r["eval_model"] in STEP_COST]
         model = cell.eval_models[0]
         if not base or model not in STEP_COST:
@@ -555,7 +567,7 @@ def board_summary(records: list[dict[str, Any]]) -> str:
         finished = [c for c in todo if set(c.eval_models) <= done.get(c.id, set())]
         seconds = [cell_seconds(records, c.id) for c in finished]
         devices = sorted({r["device"] for r in records
-                          if ((r.get("config") or {}).get("board") or {}).get("cell") in {c.id for c in finished}})
+                          if record_cell(r) in {c.id for c in finished}})
         total = sum(seconds)
         counts = []
         for kind, title in (("main", ""), ("cross", " cross-architecture"), ("reference", " reference")):

@@ -201,7 +201,8 @@ def code_fingerprint() -> str:
 
 
 def git_commit() -> str | None:
-    """The git commit of the ddbench source tree, or None outside a checkout."""
+    """The git commit of the ddbench source tree; outside a checkout (a copy of the tree without .git, e.g. on a
+    cluster node) the commit named by $DDBENCH_GIT_COMMIT, else None."""
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
@@ -212,7 +213,7 @@ def git_commit() -> str | None:
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("DDBENCH_GIT_COMMIT") or None
 
 
 def versions() -> dict[str, str]:

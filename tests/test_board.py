@@ -381,3 +381,28 @@ def test_a_methods_board_note_renders_under_its_tables_only_where_the_method_has
     assert "<li><b>datadam</b>: ddbench&#x27;s default setting" in page
     with pytest.raises(DDBenchError, match="valid keys: overrides, protocols, ipcs, note"):
         small_board(methods={"random": {"notes": "x"}})
+
+
+def test_a_cell_id_that_reads_as_a_number_reaches_the_record_as_text():
+    """An id such as 9e7662564664 is a float to Hydra's override parser: the command quotes it, so the record
+    names the cell; a record written before the quoting (its config holds inf) is matched through its command."""
+    from ddbench.api import compose_config
+
+    cell = next(c for c in cells(load_board("digits"))[0] if c.label == "random ipc10 kd")
+    assert cell.id == "9e7662564664"  # the board's own cell whose record went unmatched
+    argv = cell.command("/records", "/outputs")
+    assert f"board.cell='{cell.id}'" in argv
+    cfg = compose_config([a for a in argv if not a.startswith(("hydra.", "progress=", "paths."))])
+    assert cfg["board"]["cell"] == cell.id
+    legacy = fake_record("x")
+    legacy["config"]["board"]["cell"] = float("inf")
+    legacy["command"] = "ddbench-run method=random board.name=digits board.cell=9e7662564664 paths.records=r"
+    assert finished_cells([legacy]) == {"9e7662564664": {"convnet"}}
+
+
+def test_only_model_selects_the_cells_that_evaluate_on_it(tmp_path, capsys):
+    assert board_main(["digits", "--records", str(tmp_path), "--only", "model=resnet18_ap", "--list"]) == 0
+    *listed, _ = capsys.readouterr().out.splitlines()
+    assert len(listed) == 12  # 11 cross-architecture cells and the dc reference cell (every architecture)
+    assert all("resnet18_ap" in line for line in listed)
+    assert sum(" ipc10 dc resnet18_ap" in line for line in listed) == 11

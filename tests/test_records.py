@@ -291,3 +291,18 @@ def test_shortened_settings_name_what_cut_the_budget():
 def test_written_files_are_readable_by_others(tmp_path):
     path = write_record(rec(), tmp_path / "records")
     assert path.stat().st_mode & 0o777 == 0o666 & ~__import__("ddbench.utils").utils.current_umask()
+
+
+def test_git_commit_outside_a_checkout_comes_from_the_environment(monkeypatch):
+    import subprocess
+
+    from ddbench import utils
+
+    def no_git(*args, **kwargs):
+        raise subprocess.CalledProcessError(128, "git")
+
+    monkeypatch.setattr(utils.subprocess, "run", no_git)
+    monkeypatch.delenv("DDBENCH_GIT_COMMIT", raising=False)
+    assert utils.git_commit() is None
+    monkeypatch.setenv("DDBENCH_GIT_COMMIT", "0123abc")
+    assert utils.git_commit() == "0123abc"

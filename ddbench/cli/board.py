@@ -21,7 +21,7 @@ from ddbench.board import Cell, available_boards, cells, estimate_seconds, forma
 from ddbench.utils import DDBenchError, one_line
 
 DEFAULT_RECORDS = "leaderboard/records"
-FILTER_KEYS = ("method", "ipc", "protocol", "kind")  # kind: main | cross | reference
+FILTER_KEYS = ("method", "ipc", "protocol", "kind", "model")  # kind: main | cross | reference; model: an eval model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
                         help="start no cell that would end past M minutes (run again to go on)")
     parser.add_argument("--only", action="append", default=[], metavar="KEY=V[,V]",
-                        help="run only matching cells, e.g. --only method=dm,random --only ipc=10 (keys: "
+                        help="run only matching cells, e.g. --only method=dm,random --only ipc=10 --only "
+                             "model=resnet18_ap (a cell matches a model it evaluates on; keys: "
                              + ", ".join(FILTER_KEYS) + ")")
     parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE", dest="extra",
                         help="an override for every cell that does not change what it computes, e.g. device=cuda "
@@ -78,8 +79,13 @@ def cell_filter(specs: list[str]):
                                "e.g. --only method=dm,random.")
         wanted.setdefault(key, set()).update(v.strip() for v in values.split(","))
 
+    def value(cell: Cell, key: str) -> set[str]:
+        if key == "model":
+            return {str(m) for m in getattr(cell, "eval_models", ())}
+        return {str(getattr(cell, key))}
+
     def keep(cell: Cell) -> bool:
-        return all(str(getattr(cell, key)) in values for key, values in wanted.items())
+        return all(value(cell, key) & values for key, values in wanted.items())
 
     return keep
 
