@@ -27,7 +27,7 @@ from ddbench.methods.options import RUN_CONTROL_OPTIONS
 from ddbench.records import make_record, write_record
 from ddbench.utils import (
     DDBenchError, code_fingerprint, device_name, mean_std, peak_memory_bytes, peak_rss_bytes, resolve_device,
-    seed_everything, stable_hash,
+    seed_everything, stable_hash, tensor_digest,
 )
 
 log = logging.getLogger("ddbench")
@@ -302,6 +302,9 @@ def write_results(
     (default: Hydra's task overrides; the Python API passes its own); `extra`: more (optional) record fields, e.g.
     the API's `source` and `images_digest`."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    # the set's content hash: records of one set on several architectures (a board's cross-architecture cells) can
+    # be checked to name the same images
+    extra = {"images_digest": tensor_digest(artifact.images), **(extra or {})}
     paths = []
     for result in results:
         record = make_record(
@@ -313,7 +316,7 @@ def write_results(
             config_hash=stable_hash(cfg), config=cfg, seed=int(cfg["seed"]),
             artifact=None if artifact_path is None else str(artifact_path), command=command, scores=dict(result.scores),
             shortened=shortened_settings(cfg, overrides), distill_reused=distill_reused, teacher=result.teacher,
-            eval_batch_size=result.batch_size, **(extra or {}),
+            eval_batch_size=result.batch_size, **extra,
         )
         paths.append(write_record(record, cfg["paths"]["records"]))
     return paths

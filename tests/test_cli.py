@@ -216,6 +216,9 @@ def test_run_dm_smoke_writes_record_artifact_and_summary(runs):
     assert artifact.images.shape == (10, 1, 16, 16) and bool(torch.isfinite(artifact.images).all())
     assert artifact.meta["config"]["smoke"] is True
     assert artifact.meta["config"]["method"]["iterations"] == 10  # the smoke block was applied
+    from ddbench.utils import tensor_digest
+
+    assert record["images_digest"] == tensor_digest(artifact.images)  # names the set it evaluated
     assert f"artifact: {artifact_dir}" in run.stdout
 
 
