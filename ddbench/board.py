@@ -584,6 +584,19 @@ def board_summary(records: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def planned_cross(board: Board) -> dict[tuple[str, str], tuple[list[str], list[int]]]:
+    """(dataset, protocol) → (models, ipcs) of the board's cross-architecture table: its main evaluation models and
+    the extra architectures, at the cross-architecture IPCs (columns and rows shown before their records exist)."""
+    spec = board.cross_architecture
+    if spec is None:
+        return {}
+    out = {}
+    for protocol in spec.protocols:
+        main = board.eval_models or protocol_models(protocol)
+        out[(board.dataset, protocol)] = ([*main, *(m for m in spec.models if m not in main)], list(spec.ipcs))
+    return out
+
+
 def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Write `<out_dir>/README.md` (Markdown tables) and `<out_dir>/index.html` (+ PNG plots) from `records`."""
     from ddbench.records import leaderboard_frame, reference_frame, render_markdown
@@ -593,17 +606,20 @@ def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> li
     out = Path(out_dir)
     not_applicable: dict[tuple[str, str, int], str] = {}
     notes: dict[tuple[str, str], str] = {}  # (dataset, method) → the board's note on its setting
+    cross: dict[tuple[str, str], tuple[list[str], list[int]]] = {}  # (dataset, protocol) → planned models, ipcs
     for name in available_boards():
         board = load_board(name)
         for method, ipc, _, why in cells(board)[1]:
             not_applicable[(board.dataset, method, ipc)] = why
         notes.update({(board.dataset, method): entry.note for method, entry in board.methods.items() if entry.note})
+        cross.update(planned_cross(board))
     frame, references = leaderboard_frame(records), reference_frame(records)
-    tables = render_markdown(frame, not_applicable, title="## Tables", references=references, notes=notes)
+    tables = render_markdown(frame, not_applicable, title="## Tables", references=references, notes=notes,
+                             cross=cross)
     text = "# Leaderboard\n\n" + LEADERBOARD_INTRO + "\n## Boards\n\n" + board_summary(records) + "\n\n" + tables
     written = [atomic_write_bytes(out / "README.md", text.encode("utf-8"))]
     page, pngs = html_report(frame, png_stem="index", n_records=len(records), not_applicable=not_applicable,
-                             references=references, notes=notes)
+                             references=references, notes=notes, cross=cross)
     for file_name, png in pngs.items():
         written.append(atomic_write_bytes(out / file_name, png))
     written.append(atomic_write_bytes(out / "index.html", page.encode("utf-8")))

@@ -202,3 +202,28 @@ def test_sort_functions_in_the_browser(tmp_path):
     assert result["numDesc"] == [0, 3, 2, 4, 1]
     assert result["text"] == [1, 0, 3, 2]
     assert result["parsed"] == [2.5, None, "mtt"]
+
+
+@needs_chromium
+def test_a_boards_planned_architectures_are_columns_before_their_records_exist(tmp_path):
+    """The digits board plans ConvNet, AlexNet, VGG-11 and ResNet-18-AP at IPC 10: with records for two of them the
+    cross-architecture tables (Markdown, HTML, and the page as Chromium shows it) have all four columns, the
+    missing ones empty (never 0) and no mean for incomplete rows."""
+    from ddbench.board import load_board, planned_cross, render_leaderboard
+
+    planned = planned_cross(load_board("digits"))
+    assert planned[("digits", "dc")] == (["convnet", "alexnet", "vgg11", "resnet18_ap"], [10])
+    found = [r | {"dataset": "digits"} for r in records() if r["protocol"] == "dc"]
+    found.append(rec(run_id="dmv", method="dm", dataset="digits", eval_model="vgg11", accuracies=[0.4, 0.42],
+                     seeds=[0, 1]))
+    render_leaderboard(found, tmp_path / "site")
+    text = (tmp_path / "site" / "README.md").read_text(encoding="utf-8")
+    cross = text.split("Cross-architecture")[1]
+    assert "| Method | Labels | IPC | convnet | alexnet | vgg11 | resnet18_ap | Mean over models |" in cross
+    assert "| dm | hard | 10 | 48.50 ± 0.50 (n=2) | 38.00 ± 0.00 (n=1) | 41.00 ± 1.00 (n=2) | — | — |" in cross
+    assert "| random | hard | 10 | 30.50 ± 0.50 (n=2) | 20.00 ± 0.00 (n=1) | — | — | — |" in cross
+    shown = Tables(dump_dom((tmp_path / "site" / "index.html").resolve().as_uri(), tmp_path))
+    table = shown.tables["t-digits-dc-cross"]
+    assert table[0] == ["Method", "Labels", "IPC", "convnet", "alexnet", "vgg11", "resnet18_ap", "Mean over models"]
+    dm = next(row for row in table if row[:3] == ["dm", "hard", "10"])
+    assert dm[3:] == ["48.50 ± 0.50 (n=2)", "38.00 ± 0.00 (n=1)", "41.00 ± 1.00 (n=2)", "—", "—"]

@@ -249,10 +249,12 @@ def _detail_table(table_id: str, rows: pd.DataFrame) -> str:
     return _table(table_id, columns, out)
 
 
-def _cross_table(table_id: str, section: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
-    """Method × architecture at the IPCs evaluated beyond ConvNet (see cross_rows); a missing model is an empty
-    cell, the mean is over complete rows only; the whole-dataset row closes the table."""
-    models, keys, cells = cross_rows(section)
+def _cross_table(table_id: str, section: pd.DataFrame, references: pd.DataFrame | None = None,
+                 planned: tuple[list[str], list[int]] | None = None) -> str:
+    """Method × architecture at the IPCs evaluated beyond ConvNet (see cross_rows; planned: a board's (models,
+    ipcs) for it); a missing model is an empty cell, the mean is over complete rows only; the whole-dataset row
+    closes the table."""
+    models, keys, cells = cross_rows(section, planned)
     columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text"), _Col("ipc", "IPC")]
     columns += [_Col(f"model:{m}", m) for m in models] + [_Col("model_mean", "Mean over models")]
     out = []
@@ -332,12 +334,14 @@ def plot_accuracy_vs_time(rows: pd.DataFrame, title: str) -> bytes:
 
 def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int | None = None,
                 not_applicable: dict[tuple[str, str, int], str] | None = None,
-                references: pd.DataFrame | None = None, notes: dict[tuple[str, str], str] | None = None
+                references: pd.DataFrame | None = None, notes: dict[tuple[str, str], str] | None = None,
+                cross: dict[tuple[str, str], tuple[list[str], list[int]]] | None = None
                 ) -> tuple[str, dict[str, bytes]]:
     """(page, {png file name: bytes}). With png_stem, plots are also named `<stem>_<section>_<plot>.png` and the
     page links to them (the caller writes them next to the page); the page itself embeds every plot.
     not_applicable: (dataset, method, ipc) → why that cell is invalid (n/a in the method × IPC tables); notes:
-    (dataset, method) → a board's note on the method's setting, listed under the table."""
+    (dataset, method) → a board's note on the method's setting, listed under the table; cross: (dataset, protocol)
+    → the (models, ipcs) a board evaluates it on (columns and rows of the cross-architecture table)."""
     pngs: dict[str, bytes] = {}
     parts: list[str] = []
     sections = sorted({(d, p) for d, p in zip(frame["dataset"], frame["protocol"])},
@@ -370,9 +374,10 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         parts.append(_detail_table(slug("t", dataset, protocol, "detail"), primary))
         parts.append("<h3>Cross-architecture</h3>")
         parts.append('<p class="meta">Accuracy (%) per evaluation model, n = seeds per cell (a board may use fewer '
-                     "seeds on the extra architectures); empty = not run yet; the mean is over models, for complete "
+                     "seeds on the extra architectures); — = not run yet; the mean is over models, for complete "
                      "rows only.</p>")
-        parts.append(_cross_table(slug("t", dataset, protocol, "cross"), section, refs))
+        parts.append(_cross_table(slug("t", dataset, protocol, "cross"), section, refs,
+                                  (cross or {}).get((dataset, protocol))))
         figures = []
         for kind, builder, caption in (
             ("acc_vs_ipc", plot_accuracy_vs_ipc, f"Accuracy vs IPC ({model})"),

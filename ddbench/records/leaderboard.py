@@ -245,16 +245,20 @@ def _seconds(value: float) -> str:
     return MISSING_CELL if value is None or not math.isfinite(value) else f"{value:.0f}"
 
 
-def cross_rows(section: pd.DataFrame) -> tuple[list[str], list[tuple[str, str, int]], dict[tuple, Any]]:
+def cross_rows(section: pd.DataFrame, planned: tuple[list[str], list[int]] | None = None
+               ) -> tuple[list[str], list[tuple[str, str, int]], dict[tuple, Any]]:
     """(models, row keys (method, labels, ipc), cells (method, labels, ipc, model) → frame row) of a cross table.
     With several models, only the IPCs that some method was evaluated at beyond ConvNet are shown, and every
-    method at those IPCs is, with its missing models as missing cells (a cell still running is never left out)."""
-    models = sorted(set(section["eval_model"]), key=_model_order)
+    method at those IPCs is, with its missing models as missing cells (a cell still running is never left out).
+    planned: (models, ipcs) a board evaluates this section on: those models are columns and those IPCs rows even
+    before any of their records exist."""
+    first = list(planned[0]) if planned else []  # a board's own column order, then any other model's
+    models = first + sorted(set(section["eval_model"]) - set(first), key=_model_order)
     cells = {(r.method, r.label_type, int(r.ipc), r.eval_model): r for r in section.itertuples()}
     keys = sorted({(r.method, r.label_type, int(r.ipc)) for r in section.itertuples()},
                   key=lambda k: (k[0].lower(), k[0], k[1], k[2]))
     if len(models) > 1:
-        crossed = {k[2] for k in cells if k[3].lower() != DEFAULT_EVAL_MODEL}
+        crossed = {k[2] for k in cells if k[3].lower() != DEFAULT_EVAL_MODEL} | set(planned[1] if planned else ())
         keys = [k for k in keys if k[2] in crossed]
     return models, keys, cells
 
@@ -265,8 +269,9 @@ def model_mean(cells: dict[tuple, Any], key: tuple[str, str, int], models: list[
     return sum(found) / len(found) if len(found) == len(models) else None
 
 
-def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
-    models, keys, cells = cross_rows(section)
+def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None,
+                 planned: tuple[list[str], list[int]] | None = None) -> str:
+    models, keys, cells = cross_rows(section, planned)
     rows = []
     for key in keys:
         mean = model_mean(cells, key, models)
@@ -291,11 +296,13 @@ def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None) 
 
 def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, int], str] | None = None,
                     title: str = "# ddbench leaderboard", references: pd.DataFrame | None = None,
-                    notes: dict[tuple[str, str], str] | None = None) -> str:
+                    notes: dict[tuple[str, str], str] | None = None,
+                    cross: dict[tuple[str, str], tuple[list[str], list[int]]] | None = None) -> str:
     """Per (dataset, protocol): a method × IPC table on ConvNet (with seconds per cell and the reference rows),
     then a cross-architecture table. not_applicable: (dataset, method, ipc) → why that cell is invalid (shown as
     n/a); references: reference_frame() of the same records; notes: (dataset, method) → a board's note on the
-    method's setting, listed under the table."""
+    method's setting, listed under the table; cross: (dataset, protocol) → the (models, ipcs) a board evaluates
+    it on, shown as columns and rows before their records exist."""
     parts = [title]
     if frame.empty:
         parts.append("_No records._")
@@ -309,7 +316,7 @@ def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, in
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
         refs = section_references(references, dataset, protocol)
         parts.append(_main_table(section, na, refs, {m: n for (d, m), n in (notes or {}).items() if d == dataset}))
-        parts.append(_cross_table(section, refs))
+        parts.append(_cross_table(section, refs, (cross or {}).get((dataset, protocol))))
     return "\n\n".join(parts) + "\n"
 
 
