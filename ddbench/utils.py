@@ -173,10 +173,12 @@ def tensor_digest(tensor: "torch.Tensor", length: int = 16) -> str:
 
 # The packages whose files make up ddbench's code: their *.py and *.yaml files are fingerprinted, except the
 # bookkeeping files listed per package (paths or folders relative to it), which cannot change what is computed:
-# record schema and rendering, the board launcher, the leaderboard command and the Python API front end.
+# record schema and rendering, the board launcher and the boards it reads (a cell's command carries all it runs),
+# the leaderboard command and the Python API front end.
 CODE_PACKAGES = ("ddbench", "ddbench.methods", "ddbench.evaluation", "ddbench.conf")
 CODE_BOOKKEEPING = {"ddbench": ("records/", "board.py", "cli/board.py", "cli/leaderboard.py", "api.py", "api_inputs.py",
-                                "api_report.py")}
+                                "api_report.py"),
+                    "ddbench.conf": ("board/",)}
 
 
 def code_fingerprint() -> str:

@@ -145,3 +145,25 @@ def test_the_board_runs_cells_that_share_a_distillation_after_the_others():
         "random ipc10 dc", "dm ipc10 dc", "random ipc50 dc", "dm ipc50 dc", "dm ipc10 kd", "dm ipc50 kd"]
     assert todo[1].distillation == todo[2].distillation != todo[4].distillation
     assert "reuse_distilled=true" in todo[0].command("/r", "/o")
+
+
+def test_editing_a_board_does_not_change_the_code_fingerprint(tmp_path, monkeypatch):
+    """A board YAML lists commands (each cell's command carries all it runs): its notes and cells can change
+    without every cached distilled set and training checkpoint being made again; other config YAML counts."""
+    import importlib
+
+    conf = tmp_path / "fake_conf"
+    (conf / "board").mkdir(parents=True)
+    (conf / "__init__.py").write_text("")
+    (conf / "method").mkdir()
+    (conf / "method" / "dm.yaml").write_text("iterations: 10\n")
+    (conf / "board" / "digits.yaml").write_text("name: digits\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(utils, "CODE_PACKAGES", ("fake_conf",))
+    monkeypatch.setattr(utils, "CODE_BOOKKEEPING", {"fake_conf": utils.CODE_BOOKKEEPING["ddbench.conf"]})
+    before = utils.code_fingerprint()
+    (conf / "board" / "digits.yaml").write_text("name: digits\n# an edited note\n")
+    assert utils.code_fingerprint() == before
+    (conf / "method" / "dm.yaml").write_text("iterations: 20\n")
+    assert utils.code_fingerprint() != before
