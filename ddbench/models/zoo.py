@@ -91,7 +91,9 @@ VGG11_CFG: list[int | str] = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 5
 
 
 class VGG(nn.Module):
-    """VGG with 3x3 convs → norm → ReLU; max-pools that would shrink the map below 1x1 are left out."""
+    """VGG with 3x3 convs → norm → ReLU; max-pools that would shrink the map below 1x1 are left out, and so is one
+    that would leave an instance-normalised conv on a 1x1 map, where the norm makes every image's features equal
+    (16-px inputs: the 4th pool, so the last four convs run at 2x2 before the final pool, as at 32 px)."""
 
     def __init__(
         self,
@@ -107,9 +109,11 @@ class VGG(nn.Module):
         layers: list[nn.Module] = []
         in_ch = channels
         first = True
-        for item in cfg:
+        for index, item in enumerate(cfg):
             if item == "M":
-                if size // 2 >= 1:
+                convs_follow = any(later != "M" for later in cfg[index + 1:])
+                smallest = 2 if (convs_follow and norm == "instancenorm") else 1
+                if size // 2 >= smallest:
                     layers.append(nn.MaxPool2d(2, 2))
                     size //= 2
                 continue
