@@ -69,7 +69,7 @@ def test_cell_id_follows_the_arguments_that_change_the_result():
     assert first.id == again.id
     assert changed.label == first.label and changed.id != first.id
     # where records go is not part of the id
-    assert f"board.cell={first.id}" in first.command("/r", "/o") and "paths.records=/r" in first.command("/r", "/o")
+    assert f"board.cell='{first.id}'" in first.command("/r", "/o") and "paths.records=/r" in first.command("/r", "/o")
 
 
 def test_protocol_models_default_to_the_protocol_yaml():
@@ -171,7 +171,7 @@ def test_every_shipped_board_composes(tmp_path):
         for name in available_boards():
             board = load_board(name)
             for cell in cells(board)[0]:
-                cfg = compose("config", overrides=[*cell.args, f"board.cell={cell.id}"])
+                cfg = compose("config", overrides=[*cell.args, f"board.cell='{cell.id}'"])
                 cfg.paths.output = str(tmp_path)  # set by Hydra at run time
                 plain = resolved_config(cfg, overrides=list(cell.args))
                 EvalProtocol.from_dict(plain["eval"])
