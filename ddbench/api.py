@@ -356,10 +356,9 @@ def _artifact_of(images: "torch.Tensor", labels: "torch.Tensor", lr: "torch.Tens
 
 def _marks(artifact: "Artifact") -> dict[str, str]:
     """The fields that mark the API's records: `source` and the content hash of the images trained on."""
-    from ddbench.utils import tensor_digest
+    from ddbench.pipeline import images_digest
 
-    images, _ = artifact.training_set()
-    return {"source": SOURCE, "images_digest": tensor_digest(images)}
+    return {"source": SOURCE, "images_digest": images_digest(artifact)}
 
 
 def _report(cfg: dict[str, Any], artifact: "Artifact", results: list["EvalResult"], marks: dict[str, str],

@@ -292,6 +292,12 @@ def help_evaluate(cfg: dict[str, Any], splits: Splits, device: torch.device) -> 
     evaluator.help(images.to(device), labels.to(device), artifact.lr, int(artifact.ipc))
 
 
+def images_digest(artifact: Artifact) -> str:
+    """The content hash of the images an evaluation trains on (a factorised set decoded), as records store it."""
+    images, _ = artifact.training_set()
+    return tensor_digest(images)
+
+
 def write_results(
     cfg: dict[str, Any], artifact: Artifact, artifact_path: Path | None, results: list[EvalResult],
     distill_seconds: float | None, device: torch.device, command: str | None = None, distill_reused: bool = False,
@@ -302,9 +308,9 @@ def write_results(
     (default: Hydra's task overrides; the Python API passes its own); `extra`: more (optional) record fields, e.g.
     the API's `source` and `images_digest`."""
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    # the set's content hash: records of one set on several architectures (a board's cross-architecture cells) can
-    # be checked to name the same images
-    extra = {"images_digest": tensor_digest(artifact.images), **(extra or {})}
+    # records of one set on several architectures (a board's cross-architecture cells) can be checked to name the
+    # same images
+    extra = {"images_digest": images_digest(artifact), **(extra or {})}
     paths = []
     for result in results:
         record = make_record(

@@ -49,3 +49,7 @@ def test_infer_smoke_run(runs):
     assert artifact.extras["ufc"].shape == (8, 2, 1, 16, 16)
     images, labels = artifact.training_set()
     assert images.shape == (240, 1, 16, 16) and labels.shape == (240, 10) and bool(torch.isfinite(labels).all())
+    from ddbench.utils import tensor_digest
+
+    # the record names the 240 images trained on (decoded), as the Python API's records do, not the stored 80
+    assert record["images_digest"] == tensor_digest(images) != tensor_digest(artifact.images)

@@ -218,7 +218,7 @@ def test_run_dm_smoke_writes_record_artifact_and_summary(runs):
     assert artifact.meta["config"]["method"]["iterations"] == 10  # the smoke block was applied
     from ddbench.utils import tensor_digest
 
-    assert record["images_digest"] == tensor_digest(artifact.images)  # names the set it evaluated
+    assert record["images_digest"] == tensor_digest(artifact.training_set()[0])  # names the set it evaluated
     assert f"artifact: {artifact_dir}" in run.stdout
 
 
