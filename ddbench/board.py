@@ -15,6 +15,7 @@ a new id, so it runs again. Cells run with `reuse_distilled=true`, so cells that
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shutil
@@ -321,14 +322,16 @@ STEP_COST = {"convnet": 1.0, "alexnet": 3.9, "vgg11": 2.2, "resnet18_ap": 9.5}
 
 def estimate_seconds(cell: Cell, records: list[dict[str, Any]], todo: list[Cell]) -> float | None:
     """Expected seconds of a cell: the mean of finished cells of the same kind, protocol, IPC and architectures;
-    for a cross-architecture cell without those, its method's main cell's evaluation time scaled by STEP_COST and
-    the seed count; None when nothing comparable has run."""
+    for a main cell without those, `scaled_by_ipc`; for a cross-architecture cell, its method's main cell's
+    evaluation time scaled by STEP_COST and the seed count; None when nothing comparable has run."""
     done = finished_cells(records)
     finished = [c for c in todo if set(c.eval_models) <= done.get(c.id, set())]
     alike = [cell_seconds(records, c.id) for c in finished
              if (c.kind, c.protocol, c.ipc, c.eval_models) == (cell.kind, cell.protocol, cell.ipc, cell.eval_models)]
     if alike:
         return sum(alike) / len(alike)
+    if cell.kind == "main":
+        return scaled_by_ipc(cell, records, finished)
     if cell.kind != "cross":
         return None
     for main in finished:
@@ -344,6 +347,28 @@ def estimate_seconds(cell: Cell, records: list[dict[str, Any]], todo: list[Cell]
         scale = STEP_COST[model] / STEP_COST[r["eval_model"]] * ((seeds or len(r["seeds"])) / len(r["seeds"]))
         return float(r["eval_seconds"]) * scale
     return None
+
+
+def scaled_by_ipc(cell: Cell, records: list[dict[str, Any]], finished: list[Cell]) -> float | None:
+    """A main cell's seconds from its method's finished cells: the evaluation time of the same protocol and
+    architectures at the nearest other IPC times the IPC ratio (a training step's cost grows with its batch, which
+    is the whole set up to the batch size), plus the distillation time of the method at this IPC under any protocol
+    (or the nearest IPC's, scaled alike). An upper bound where the cell reuses a set another cell distilled."""
+    def eval_seconds(c: Cell) -> float:
+        return sum(float(r["eval_seconds"]) for r in records if record_cell(r) == c.id)
+
+    def distill_seconds(c: Cell) -> float:
+        return max((float(r.get("distill_seconds") or 0.0) for r in records
+                    if record_cell(r) == c.id and not r.get("distill_reused")), default=0.0)
+
+    mine = [c for c in finished if c.kind == "main" and c.method == cell.method and c.ipc > 0]
+    same = [c for c in mine if (c.protocol, c.eval_models) == (cell.protocol, cell.eval_models) and c.ipc != cell.ipc]
+    if not same:
+        return None
+    nearest = min(same, key=lambda c: abs(math.log(c.ipc / cell.ipc)))
+    seconds = eval_seconds(nearest) * cell.ipc / nearest.ipc
+    here = [distill_seconds(c) for c in mine if c.ipc == cell.ipc]
+    return seconds + (max(here) if here else distill_seconds(nearest) * cell.ipc / nearest.ipc)
 
 
 @dataclass

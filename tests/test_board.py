@@ -18,6 +18,7 @@ from ddbench.board import (
     CellOutcome,
     available_boards,
     cells,
+    estimate_seconds,
     finished_cells,
     load_board,
     render_leaderboard,
@@ -406,3 +407,22 @@ def test_only_model_selects_the_cells_that_evaluate_on_it(tmp_path, capsys):
     assert len(listed) == 12  # 11 cross-architecture cells and the dc reference cell (every architecture)
     assert all("resnet18_ap" in line for line in listed)
     assert sum(" ipc10 dc resnet18_ap" in line for line in listed) == 11
+
+
+def test_a_main_cell_at_a_new_ipc_is_estimated_from_its_method_at_the_nearest_ipc():
+    board = small_board(ipcs=[1, 10, 50], not_applicable={})
+    todo, _ = cells(board)
+    by_label = {c.label: c for c in todo}
+    dm10 = fake_record(by_label["dm ipc10 dc"].id, method="dm", ipc=10, seconds=100.0)  # distill 1 s
+    dm1 = fake_record(by_label["dm ipc1 dc"].id, method="dm", ipc=1, seconds=50.0)
+    kd10 = fake_record(by_label["dm ipc10 kd"].id, method="dm", ipc=10, seconds=300.0)
+    records = [dm1, dm10, kd10]
+    # eval of the nearest IPC (10, not 1) times 50 / 10, plus the distillation scaled alike (no IPC 50 cell yet)
+    assert estimate_seconds(by_label["dm ipc50 dc"], records, todo) == pytest.approx(100.0 * 5 + 1.0 * 5)
+    assert estimate_seconds(by_label["dm ipc50 kd"], records, todo) == pytest.approx(300.0 * 5 + 1.0 * 5)
+    # a finished IPC 50 cell of another protocol gives the distillation time at this IPC
+    dm50 = fake_record(by_label["dm ipc50 dc"].id, method="dm", ipc=50, seconds=700.0)
+    dm50["distill_seconds"] = 40.0
+    assert estimate_seconds(by_label["dm ipc50 kd"], records + [dm50], todo) == pytest.approx(300.0 * 5 + 40.0)
+    # nothing of the method under the protocol: unknown
+    assert estimate_seconds(by_label["random ipc50 dc"], [kd10], todo) is None
