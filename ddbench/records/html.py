@@ -332,6 +332,11 @@ def plot_accuracy_vs_time(rows: pd.DataFrame, title: str) -> bytes:
     return _png(fig)
 
 
+def inline_code(text: str) -> str:
+    """Escaped text with its Markdown `code` spans (a board note's commands) as <code> elements."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int | None = None,
                 not_applicable: dict[tuple[str, str, int], str] | None = None,
                 references: pd.DataFrame | None = None, notes: dict[tuple[str, str], str] | None = None,
@@ -363,7 +368,7 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         shown = set(primary["method"])
         setting = [(m, n) for (d, m), n in sorted((notes or {}).items()) if d == dataset and m in shown]
         if setting:
-            parts.append('<ul class="meta">' + "".join(f"<li><b>{html.escape(m)}</b>: {html.escape(n)}</li>"
+            parts.append('<ul class="meta">' + "".join(f"<li><b>{html.escape(m)}</b>: {inline_code(n)}</li>"
                                                        for m, n in setting) + "</ul>")
         if not refs.empty:
             parts.append('<p class="meta">Reference rows (the same at every IPC): <i>whole dataset</i> = the network '
