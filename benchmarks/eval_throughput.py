@@ -3,6 +3,7 @@
     python benchmarks/eval_throughput.py --device cuda            # the full 5 seeds x 1000 epochs
     python benchmarks/eval_throughput.py --device cpu --epochs 20 # a CPU sample, projected to 1000 epochs
     python benchmarks/eval_throughput.py --device cpu --ipc 50 --compile true   # with torch.compile (CPU)
+    python benchmarks/eval_throughput.py --device cpu --dataset digits --model alexnet --seeds 3
 
 Uses Fashion-MNIST's shape (1x28x28, 10 classes) with real images when the files are present, else digits.
 """
@@ -28,16 +29,20 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: 1000 on GPU, 20 on CPU")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--model", default="convnet")
+    parser.add_argument("--dataset", default=None, help="default: fashion_mnist where its files are, else digits")
     parser.add_argument("--vmap", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--compile", default="false", choices=["true", "false"],
                         help="torch.compile the training forwards (compiled during the warm-up, not timed)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     epochs = args.epochs or (1000 if device.type == "cuda" else 20)
-    try:
-        splits = load_dataset("fashion_mnist", device=device)
-    except Exception:  # noqa: BLE001 - any missing-data error: fall back to the bundled set
-        splits = load_dataset("digits", device=device)
+    if args.dataset:
+        splits = load_dataset(args.dataset, device=device)
+    else:
+        try:
+            splits = load_dataset("fashion_mnist", device=device)
+        except Exception:  # noqa: BLE001 - any missing-data error: fall back to the bundled set
+            splits = load_dataset("digits", device=device)
     rows = splits.train.sample_per_class(args.ipc, make_generator(0, device)).flatten()
     images, labels = splits.train.images[rows], splits.train.labels[rows]
     vmap = {"auto": "auto", "true": True, "false": False}[args.vmap]
