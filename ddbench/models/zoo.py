@@ -90,10 +90,23 @@ def alexnet(channels: int, num_classes: int, image_size: int) -> nn.Module:
 VGG11_CFG: list[int | str] = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 
 
+def leading_pools_to_skip(cfg: list[int | str], size: int, smallest: int) -> int:
+    """How many of the first pools of `cfg` to leave out so that its last conv sees a map of at least
+    smallest x smallest on a size x size input."""
+    last_conv = max(i for i, item in enumerate(cfg) if item != "M")
+    before = sum(1 for item in cfg[:last_conv] if item == "M")
+    skip = 0
+    while skip < before and size >> (before - skip) < smallest:
+        skip += 1
+    return skip
+
+
 class VGG(nn.Module):
-    """VGG with 3x3 convs → norm → ReLU; max-pools that would shrink the map below 1x1 are left out, and so is one
-    that would leave an instance-normalised conv on a 1x1 map, where the norm makes every image's features equal
-    (16-px inputs: the 4th pool, so the last four convs run at 2x2 before the final pool, as at 32 px)."""
+    """VGG with 3x3 convs → norm → ReLU. On inputs smaller than the cfg expects, the first max-pools are left out
+    until the last conv's map is at least 2x2 with instance norm (on 1x1 the norm gives every image the same
+    features) or 1x1 otherwise, so the later convs run at the map sizes they have at 32 px (16 px: the first pool;
+    leaving out the 4th instead put four convs on 2x2 maps, which trained from 100 images but stayed at chance from
+    280 at batch 256). A pool that would shrink the map below 1x1 is left out too."""
 
     def __init__(
         self,
@@ -109,11 +122,12 @@ class VGG(nn.Module):
         layers: list[nn.Module] = []
         in_ch = channels
         first = True
-        for index, item in enumerate(cfg):
+        skipped = leading_pools_to_skip(cfg, size, smallest=2 if norm == "instancenorm" else 1)
+        pools = 0
+        for item in cfg:
             if item == "M":
-                convs_follow = any(later != "M" for later in cfg[index + 1:])
-                smallest = 2 if (convs_follow and norm == "instancenorm") else 1
-                if size // 2 >= smallest:
+                pools += 1
+                if pools > skipped and size // 2 >= 1:
                     layers.append(nn.MaxPool2d(2, 2))
                     size //= 2
                 continue
