@@ -305,19 +305,23 @@ def finished_cells(records: list[dict[str, Any]]) -> dict[str, set[str]]:
     return done
 
 
-def cell_seconds(records: list[dict[str, Any]], cell_id: str) -> float:
-    """Distill + eval seconds of a finished cell (the eval seconds of all its architectures; no distill seconds
-    when it reused a set another cell distilled)."""
+def cell_parts(records: list[dict[str, Any]], cell_id: str) -> tuple[float, float]:
+    """(distill, eval) seconds of a finished cell: the eval seconds of all its architectures; no distill seconds
+    when it reused a set another cell distilled."""
     mine = [r for r in records if record_cell(r) == cell_id]
-    if not mine:
-        return 0.0
-    distilled = [r.get("distill_seconds") or 0.0 for r in mine if not r.get("distill_reused")]
-    return float(max(distilled, default=0.0) + sum(r["eval_seconds"] for r in mine))
+    distilled = [float(r.get("distill_seconds") or 0.0) for r in mine if not r.get("distill_reused")]
+    return max(distilled, default=0.0), float(sum(r["eval_seconds"] for r in mine))
 
 
-# Relative cost of one training step per architecture against ConvNet (16 px, batch 100, one CPU thread: 86 / 332 /
-# 600 / 818 ms; VGG-11 measured at 7x ConvNet in benchmarks/eval_throughput.py since its 16-px layout keeps the
-# 32-px map sizes), used only to estimate cells that have not run yet from the ConvNet cell of the same method.
+def cell_seconds(records: list[dict[str, Any]], cell_id: str) -> float:
+    """Distill + eval seconds of a finished cell (see `cell_parts`)."""
+    return sum(cell_parts(records, cell_id))
+
+
+# Relative cost of one training step per architecture against ConvNet at 16 px, batch 100, one CPU thread (ConvNet /
+# AlexNet / ResNet-18-AP: 86 / 332 / 818 ms; VGG-11, whose 16-px layout keeps the 32-px map sizes: 690 ms against
+# ConvNet's 100 ms in the same benchmarks/eval_throughput.py session), used only to estimate cells that have not run
+# yet from the ConvNet cell of the same method.
 STEP_COST = {"convnet": 1.0, "alexnet": 3.9, "vgg11": 7.0, "resnet18_ap": 9.5}
 
 
@@ -355,21 +359,14 @@ def scaled_by_ipc(cell: Cell, records: list[dict[str, Any]], finished: list[Cell
     architectures at the nearest other IPC times the IPC ratio (a training step's cost grows with its batch, which
     is the whole set up to the batch size), plus the distillation time of the method at this IPC under any protocol
     (or the nearest IPC's, scaled alike). An upper bound where the cell reuses a set another cell distilled."""
-    def eval_seconds(c: Cell) -> float:
-        return sum(float(r["eval_seconds"]) for r in records if record_cell(r) == c.id)
-
-    def distill_seconds(c: Cell) -> float:
-        return max((float(r.get("distill_seconds") or 0.0) for r in records
-                    if record_cell(r) == c.id and not r.get("distill_reused")), default=0.0)
-
     mine = [c for c in finished if c.kind == "main" and c.method == cell.method and c.ipc > 0]
     same = [c for c in mine if (c.protocol, c.eval_models) == (cell.protocol, cell.eval_models) and c.ipc != cell.ipc]
     if not same:
         return None
     nearest = min(same, key=lambda c: abs(math.log(c.ipc / cell.ipc)))
-    seconds = eval_seconds(nearest) * cell.ipc / nearest.ipc
-    here = [distill_seconds(c) for c in mine if c.ipc == cell.ipc]
-    return seconds + (max(here) if here else distill_seconds(nearest) * cell.ipc / nearest.ipc)
+    distill, evaluate = (seconds * cell.ipc / nearest.ipc for seconds in cell_parts(records, nearest.id))
+    here = [cell_parts(records, c.id)[0] for c in mine if c.ipc == cell.ipc]
+    return evaluate + (max(here) if here else distill)
 
 
 @dataclass

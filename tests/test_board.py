@@ -370,11 +370,6 @@ def test_a_rehearsal_keeps_the_smoke_budgets_over_a_cells_own(tmp_path):
 def test_a_methods_board_note_renders_under_its_tables_only_where_the_method_has_rows(tmp_path):
     board = small_board(methods={"random": {"note": "real   images,\n drawn per class"}, "dm": {}})
     assert board.methods["random"].note == "real images, drawn per class"  # YAML folding normalised
-    from ddbench.records import leaderboard_frame
-    from ddbench.records.html import html_report
-
-    page, _ = html_report(leaderboard_frame([fake_record("c1")]), notes={("digits", "random"): "see `run seed=S` <S>"})
-    assert "<li><b>random</b>: see <code>run seed=S</code> &lt;S&gt;</li>" in page  # a command as code, text escaped
     assert cells(board)[0][0].id == cells(small_board(methods={"random": {}, "dm": {}}))[0][0].id  # not in the id
     digits = load_board("digits")
     assert "datadam_paper" in digits.methods["datadam"].note and "datadam_code" in digits.methods["datadam"].note
@@ -431,3 +426,11 @@ def test_a_main_cell_at_a_new_ipc_is_estimated_from_its_method_at_the_nearest_ip
     assert estimate_seconds(by_label["dm ipc50 kd"], records + [dm50], todo) == pytest.approx(300.0 * 5 + 40.0)
     # nothing of the method under the protocol: unknown
     assert estimate_seconds(by_label["random ipc50 dc"], [kd10], todo) is None
+
+
+def test_a_board_note_shows_its_commands_as_code_in_the_html_page():
+    from ddbench.records import leaderboard_frame
+    from ddbench.records.html import html_report
+
+    page, _ = html_report(leaderboard_frame([fake_record("c1")]), notes={("digits", "random"): "see `run seed=S` <S>"})
+    assert "<li><b>random</b>: see <code>run seed=S</code> &lt;S&gt;</li>" in page  # a command as code, text escaped
