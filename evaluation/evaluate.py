@@ -228,7 +228,7 @@ class Evaluator:
         fd = self.protocol.full_data
         proto = replace(base, epochs=fd.epochs, epochs_no_aug=fd.epochs, batch_size=fd.batch_size, lr_grid=None)
         lr = fd.lr if fd.lr is not None else self.protocol.lr
-        key = {"what": "full_hard", "data": self.fingerprint(), "model": name,
+        key = {"what": "full_hard", "code": code_fingerprint(), "data": self.fingerprint(), "model": name,
                "model_kwargs": proto.model_kwargs.get(name, {}), "recipe": proto.recipe_key(), "lr": lr,
                "seeds": proto.seeds}
 
@@ -257,7 +257,7 @@ class Evaluator:
         grid = bool(protocol.lr_grid)
         lr = protocol.lr
         key: dict[str, Any] = {
-            "what": "random", "data": self.fingerprint(), "model": name,
+            "what": "random", "code": code_fingerprint(), "data": self.fingerprint(), "model": name,
             "model_kwargs": protocol.model_kwargs.get(name, {}), "recipe": protocol.recipe_key(), "mode": mode,
             "ipc": ipc, "seeds": protocol.seeds,
             "lr": {"grid": protocol.lr_grid, "val": [protocol.val_fraction, protocol.val_seed]} if grid else lr,

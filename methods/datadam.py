@@ -25,7 +25,7 @@ from ddbench.methods.dm import VOLATILE_OPTIONS, reinitialize
 from ddbench.methods.loopkit import DivergenceGuard, MomentumSGD, image_step_done
 from ddbench.methods.options import MethodOptions, option
 from ddbench.models import create_model, feature_maps
-from ddbench.training import data_fingerprint
+from ddbench.training import data_fingerprint, layout_digest
 from ddbench.training.checkpoint import Checkpointer
 
 
@@ -110,7 +110,8 @@ class DataDAM(Method):
         optimizer = {"images": MomentumSGD(lr_img, o.momentum)}
         dsa = self.make_augment()
         key = {"method": self.name, "options": {k: v for k, v in o.to_dict().items() if k not in VOLATILE_OPTIONS},
-               "model": model_cfg, "augment": self.augment_cfg, "ipc": ipc, "seed": self.seed,
+               "model": model_cfg, "layout": layout_digest(model_cfg, info), "augment": self.augment_cfg,
+               "ipc": ipc, "seed": self.seed,
                "data": data_fingerprint(self.splits), "device": self.device.type}
         ckpt = Checkpointer(self.cache, key, o.checkpoint_every, o.resume, self.generator, global_rng=True)
         start, _ = ckpt.load({"images": syn}, optimizer, o.iterations)

@@ -19,7 +19,7 @@ from ddbench.methods.base import DistillResult, Method, register_method
 from ddbench.methods.loopkit import DivergenceGuard, MomentumSGD, image_step_done
 from ddbench.methods.options import RUN_CONTROL_OPTIONS, MethodOptions, option
 from ddbench.models import create_model
-from ddbench.training import data_fingerprint
+from ddbench.training import data_fingerprint, layout_digest
 from ddbench.training.chunked import ChunkPlan, Footprint, augmented_forward, batch_coupled, class_means, memory_budget
 from ddbench.training.checkpoint import Checkpointer
 
@@ -71,7 +71,8 @@ class DistributionMatching(Method):
             p.requires_grad_(False)
         dsa = self.make_augment()
         key = {"method": self.name, "options": {k: v for k, v in o.to_dict().items() if k not in VOLATILE_OPTIONS},
-               "model": self.model_cfg, "augment": self.augment_cfg, "ipc": ipc, "seed": self.seed,
+               "model": self.model_cfg, "layout": layout_digest(self.model_cfg, info), "augment": self.augment_cfg,
+               "ipc": ipc, "seed": self.seed,
                "data": data_fingerprint(self.splits), "device": self.device.type}
         ckpt = Checkpointer(self.cache, key, o.checkpoint_every, o.resume, self.generator, global_rng=True)
         start, _ = ckpt.load({"images": syn}, optimizer, o.iterations)

@@ -26,7 +26,8 @@ from ddbench.augment import DSAParams
 from ddbench.cache import Cache
 from ddbench.data import Splits
 from ddbench.methods.options import reject_unknown
-from ddbench.training import FlatModel, FlatNetworks, TrainRecipe, data_fingerprint, init_model, train
+from ddbench.training import (FlatModel, FlatNetworks, TrainRecipe, data_fingerprint, init_model, layout_digest,
+                              train)
 from ddbench.utils import DDBenchError, make_generator, stable_hash
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,13 @@ def augment_recipe(augment_cfg: dict[str, Any] | None) -> dict[str, Any] | str:
 
 def expert_key(
     splits: Splits, model_cfg: dict[str, Any], spec: ExpertSpec, augment_cfg: dict[str, Any] | None, index: int,
-    fingerprint: dict[str, Any] | None = None,
+    fingerprint: dict[str, Any] | None = None, layout: str | None = None,
 ) -> dict[str, Any]:
     return {
         "format": 1,
         "data": fingerprint or data_fingerprint(splits),
         "model": dict(model_cfg),
+        "layout": layout or layout_digest(model_cfg, splits.info),
         "recipe": spec.recipe(),
         "augment": augment_recipe(augment_cfg),
         "index": int(index),
@@ -184,7 +186,8 @@ def load_or_train_experts(
     """
     indices = list(range(spec.num_experts)) if indices is None else [int(i) for i in indices]
     fingerprint = data_fingerprint(splits)
-    keys = {i: expert_key(splits, model_cfg, spec, augment_cfg, i, fingerprint) for i in indices}
+    layout = layout_digest(model_cfg, splits.info)
+    keys = {i: expert_key(splits, model_cfg, spec, augment_cfg, i, fingerprint, layout) for i in indices}
     cached = {i: cache.load(KIND, keys[i], required=("trajectory",)) for i in indices}  # corrupted ones: None
     trained: dict[int, Tensor] = {}
     missing = [i for i in indices if cached[i] is None]

@@ -26,7 +26,7 @@ from ddbench.methods.loopkit import DivergenceGuard, MomentumSGD
 from ddbench.methods.options import RUN_CONTROL_OPTIONS, MethodOptions, option
 from ddbench.methods.trajectory_init import correct_real_images, expert_soft_labels
 from ddbench.methods.unroll import Unroll, sample_rows, unroll_plain, unroll_recompute
-from ddbench.training import FlatModel, data_fingerprint
+from ddbench.training import FlatModel, data_fingerprint, layout_digest
 from ddbench.training.checkpoint import Checkpointer
 from ddbench.utils import DDBenchError
 
@@ -204,7 +204,8 @@ class TrajectoryMatching(Method):
         if soft:
             state.opt["labels"] = MomentumSGD(o.lr_y, o.momentum_y)
         iterations = o.iterations
-        expert_fp = {"data": data_fingerprint(self.splits), "spec": spec.recipe(), "n": n_experts, "model": student_cfg}
+        expert_fp = {"data": data_fingerprint(self.splits), "spec": spec.recipe(), "n": n_experts, "model": student_cfg,
+                     "layout": layout_digest(student_cfg, info)}
         ckpt = Checkpointer(self.cache, self.checkpoint_key(expert_fp), o.checkpoint_every, o.resume, self.generator)
         start_it, found = ckpt.load(state.tensors(), state.opt, iterations)
         perm = found["perm"].to(device) if "perm" in found else None

@@ -4,7 +4,7 @@ each other."""
 
 from ddbench.training.embedding import data_fingerprint, embed_all, train_embeddings
 from ddbench.training.flat import FlatModel, FlatNetworks, gsam_gradient
-from ddbench.training.networks import NetworkBatch, init_model
+from ddbench.training.networks import NetworkBatch, init_model, layout_digest
 from ddbench.training.recipe import TeacherConfig, TrainRecipe
 from ddbench.training.teacher import Teacher, load_teacher
 from ddbench.training.trainer import test_accuracy, train
@@ -18,6 +18,7 @@ __all__ = [
     "TrainRecipe",
     "data_fingerprint",
     "embed_all",
+    "layout_digest",
     "gsam_gradient",
     "init_model",
     "load_teacher",

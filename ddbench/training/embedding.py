@@ -8,7 +8,7 @@ import torch
 
 from ddbench.cache import Cache
 from ddbench.data import Splits
-from ddbench.training.networks import NetworkBatch
+from ddbench.training.networks import NetworkBatch, layout_digest
 from ddbench.training.recipe import TrainRecipe
 from ddbench.training.trainer import train
 from ddbench.utils import make_generator
@@ -42,7 +42,8 @@ def train_embeddings(
     """Penultimate features [N_train, D] of a network trained `epochs` epochs on the real train split."""
     kwargs = {k: v for k, v in model_cfg.items() if k != "name"}
     recipe = embedding_recipe(epochs)
-    key = {"data": data_fingerprint(splits), "model": model_cfg, "seed": seed, "recipe": recipe.to_dict()}
+    key = {"data": data_fingerprint(splits), "model": model_cfg, "layout": layout_digest(model_cfg, splits.info),
+           "seed": seed, "recipe": recipe.to_dict()}
 
     def build() -> dict[str, torch.Tensor]:
         nets = NetworkBatch(model_cfg["name"], splits.info, [seed], device, vmap=False, **kwargs)

@@ -11,7 +11,7 @@ from torch import nn
 
 from ddbench.data import DatasetInfo
 from ddbench.models import batched_forward, create_model, stack_state, supports_vmap_training
-from ddbench.utils import DDBenchError
+from ddbench.utils import DDBenchError, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,18 @@ def init_model(name: str, info: DatasetInfo, seed: int, **kwargs: Any) -> nn.Mod
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return create_model(name, info.channels, info.num_classes, info.image_size, **kwargs)
+
+
+def layout_digest(model_cfg: dict[str, Any], info: DatasetInfo) -> str:
+    """A hash of the printed layout (modules, their shapes and order) of the network `model_cfg` ({"name": ...,
+    **options}) built for `info`'s images.
+
+    Cached products trained with a network (teachers, experts, embeddings, baselines, distillation checkpoints)
+    carry it in their keys, so a change of an architecture's layout (say, where VGG-11 pools below 32 px) never
+    reuses what the old layout trained, while edits elsewhere in the code keep them. Built each time (a ResNet-18
+    takes ~0.1 s), so a class edited in a running notebook counts too."""
+    options = {k: v for k, v in model_cfg.items() if k != "name"}
+    return stable_hash(repr(create_model(model_cfg["name"], info.channels, info.num_classes, info.image_size, **options)))
 
 
 class NetworkBatch:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ddbench.cache import Cache
 from ddbench.data import ClassTensors, Splits
-from ddbench.training.networks import NetworkBatch, init_model
+from ddbench.training.networks import NetworkBatch, init_model, layout_digest
 from ddbench.training.recipe import TeacherConfig
 from ddbench.training.trainer import train
 from ddbench.utils import DDBenchError, make_generator, stable_hash
@@ -127,8 +127,10 @@ def teacher_key(cfg: TeacherConfig, splits: Splits, index: int) -> dict[str, Any
     from ddbench.training.embedding import data_fingerprint
 
     name = cfg.models[index]
+    kwargs = cfg.model_kwargs.get(name, {})
     return {
-        "data": data_fingerprint(splits), "model": name, "model_kwargs": cfg.model_kwargs.get(name, {}),
+        "data": data_fingerprint(splits), "model": name, "model_kwargs": kwargs,
+        "layout": layout_digest({"name": name, **kwargs}, splits.info),
         "recipe": cfg.for_data(splits.info).recipe().to_dict(), "seed": cfg.seed + index, "init": "teacher-init",
     }
 
