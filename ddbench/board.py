@@ -146,7 +146,7 @@ class Cell:
     @property
     def label(self) -> str:
         if self.kind == "reference":
-            return f"reference {self.protocol}"
+            return f"reference {self.protocol} {','.join(self.eval_models)}"
         models = f" {','.join(self.eval_models)}" if self.kind == "cross" else ""
         return f"{self.method} ipc{self.ipc} {self.protocol}{models}"
 
@@ -271,18 +271,25 @@ def cross_cells(board: Board) -> list[Cell]:
     return out
 
 
+SEED_ARGS = ("eval.num_seeds", "board.num_seeds")
+
+
 def reference_cells(board: Board, runs: list[Cell]) -> list[Cell]:
-    """One ddbench-reference cell per protocol of `runs`, over every architecture they evaluate on."""
+    """Per protocol of `runs`: one ddbench-reference cell over the architectures its main cells evaluate on, with the
+    protocol's seeds, and, where the board declares other seeds for its cross-architecture cells, one over the
+    architectures only those use, with those seeds. So each whole-dataset row has the seeds of its column."""
     if not board.references:
         return []
-    models: dict[str, list[str]] = {}
-    for cell in runs:
-        known = models.setdefault(cell.protocol, [])
-        known += [m for m in cell.eval_models if m not in known]
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for cell in sorted(runs, key=lambda c: c.kind == "cross"):  # main cells first: theirs are the protocol's seeds
+        seeds = tuple(a for a in cell.args if a.split("=", 1)[0] in SEED_ARGS) if cell.kind == "cross" else ()
+        taken = {m for (protocol, _), names in groups.items() if protocol == cell.protocol for m in names}
+        names = groups.setdefault((cell.protocol, seeds), [])
+        names += [m for m in cell.eval_models if m not in taken and m not in names]
     return [Cell(board.name, "reference", 0, protocol,
-                 (f"dataset={board.dataset}", f"eval={protocol}", "eval.models=[" + ",".join(names) + "]",
+                 (f"dataset={board.dataset}", f"eval={protocol}", "eval.models=[" + ",".join(names) + "]", *seeds,
                   *board.overrides), tuple(names), kind="reference")
-            for protocol, names in models.items()]
+            for (protocol, seeds), names in groups.items() if names]
 
 
 def record_cell(record: dict[str, Any]) -> str | None:

@@ -57,7 +57,7 @@ class FullDataConfig:
     lr null = the protocol's lr (never a learned lr).
     """
 
-    epochs: int = 50
+    epochs: int = 200
     batch_size: int = 256
     lr: float | None = None
 

@@ -223,9 +223,14 @@ def test_cross_architecture_cells_share_the_set_and_stay_on_the_board():
     }, "test")
     todo, _ = cells(board)
     kinds = [c.kind for c in todo]
-    assert kinds == ["reference"] + ["main"] * 4 + ["cross"] * 4
-    ref = todo[0]
-    assert ref.script == "ddbench-reference" and ref.eval_models == ("convnet", "alexnet", "vgg11")
+    assert kinds == ["reference"] * 2 + ["main"] * 4 + ["cross"] * 4
+    ref, cross_ref = todo[:2]  # each whole-dataset row gets the seeds of its column
+    assert ref.script == "ddbench-reference" and ref.eval_models == ("convnet",)
+    assert not any(a.startswith("eval.num_seeds") for a in ref.args)
+    assert cross_ref.eval_models == ("alexnet", "vgg11")
+    assert {"eval.num_seeds=3", "board.num_seeds=3"} <= set(cross_ref.args)
+    assert shortened_settings({"smoke": False, "eval": {"num_seeds": 3}, "board": {"num_seeds": 3}},
+                              list(cross_ref.args)) is None
     main = next(c for c in todo if c.kind == "main" and c.method == "dm" and c.ipc == 10)
     cross = [c for c in todo if c.kind == "cross" and c.method == "dm"]
     assert [c.label for c in cross] == ["dm ipc10 dc alexnet", "dm ipc10 dc vgg11"]
