@@ -43,12 +43,12 @@ def layout_digest(model_cfg: dict[str, Any], info: DatasetInfo) -> str:
     """A hash of the printed layout (modules, their shapes and order) of the network `model_cfg` ({"name": ...,
     **options}) built for `info`'s images.
 
-    Cached products trained with a network (teachers, experts, embeddings, baselines, distillation checkpoints)
-    carry it in their keys, so a change of an architecture's layout (say, where VGG-11 pools below 32 px) never
-    reuses what the old layout trained, while edits elsewhere in the code keep them. Built each time (a ResNet-18
-    takes ~0.1 s), so a class edited in a running notebook counts too."""
+    Cached products trained with a network (teachers, experts, embeddings, distillation checkpoints) carry it in
+    their keys, so a change of an architecture's layout (say, where VGG-11 pools below 32 px) never reuses what the
+    old layout trained, while edits elsewhere in the code keep them. Built each time (a ResNet-18 takes ~0.1 s), so
+    a class edited in a running notebook counts too; built by init_model, so the global RNG is left as it was."""
     options = {k: v for k, v in model_cfg.items() if k != "name"}
-    return stable_hash(repr(create_model(model_cfg["name"], info.channels, info.num_classes, info.image_size, **options)))
+    return stable_hash(repr(init_model(model_cfg["name"], info, 0, **options)))
 
 
 class NetworkBatch:
