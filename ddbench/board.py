@@ -36,12 +36,27 @@ from ddbench.utils import DDBenchError, stable_hash
 @dataclass
 class MethodEntry:
     """One method's row of a board: extra overrides, protocols/IPCs when they differ from the board's, and a
-    note on the setting it runs (rendered under the board's tables, e.g. which of a method's presets it follows)."""
+    note on the setting it runs (rendered under the board's tables, e.g. which of a method's presets it follows):
+    one text for every protocol's table, or a mapping protocol → text for notes that hold under one protocol."""
 
     overrides: list[str] = field(default_factory=list)
     protocols: list[str] | None = None
     ipcs: list[int] | None = None
-    note: str = ""
+    note: str | dict[str, str] = ""
+
+    def note_for(self, protocol: str) -> str:
+        """The note rendered under `protocol`'s tables ('' for none)."""
+        return self.note.get(protocol, "") if isinstance(self.note, dict) else self.note
+
+
+def _note(value: Any, source: str, method: str) -> str | dict[str, str]:
+    """A method's note with YAML folding normalised: text, or protocol → text."""
+    if isinstance(value, dict):
+        if not all(isinstance(v, str) for v in value.values()):
+            raise DDBenchError(f"board {source}: method {method!r} note must be a text or map protocols to texts, "
+                               f"e.g. note: {{dc: ...}}.")
+        return {str(p): " ".join(text.split()) for p, text in value.items()}
+    return " ".join(str(value or "").split())
 
 
 @dataclass
@@ -92,7 +107,7 @@ class Board:
                 overrides=[str(o) for o in entry.get("overrides") or []],
                 protocols=None if entry.get("protocols") is None else [str(p) for p in entry["protocols"]],
                 ipcs=None if entry.get("ipcs") is None else [int(i) for i in entry["ipcs"]],
-                note=" ".join(str(entry.get("note") or "").split()),
+                note=_note(entry.get("note"), source, method),
             )
         cross = data.get("cross_architecture")
         if cross is not None:
@@ -109,6 +124,12 @@ class Board:
         board.protocols = [str(p) for p in board.protocols]
         board.not_applicable = {str(m): {int(i): str(why) for i, why in (v or {}).items()}
                                 for m, v in (board.not_applicable or {}).items()}
+        for method, entry in board.methods.items():
+            runs = entry.protocols or board.protocols
+            stray = sorted(set(entry.note) - set(runs)) if isinstance(entry.note, dict) else []
+            if stray:
+                raise DDBenchError(f"board {source}: method {method!r} has a note for protocol(s) {stray} it does not "
+                                   f"run (its protocols: {runs}); key the note by one of those.")
         return board
 
 
@@ -635,13 +656,15 @@ def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> li
 
     out = Path(out_dir)
     not_applicable: dict[tuple[str, str, int], str] = {}
-    notes: dict[tuple[str, str], str] = {}  # (dataset, method) → the board's note on its setting
+    notes: dict[tuple[str, str, str], str] = {}  # (dataset, protocol, method) → the board's note on its setting
     cross: dict[tuple[str, str], tuple[list[str], list[int]]] = {}  # (dataset, protocol) → planned models, ipcs
     for name in available_boards():
         board = load_board(name)
         for method, ipc, _, why in cells(board)[1]:
             not_applicable[(board.dataset, method, ipc)] = why
-        notes.update({(board.dataset, method): entry.note for method, entry in board.methods.items() if entry.note})
+        notes.update({(board.dataset, protocol, method): entry.note_for(protocol)
+                      for method, entry in board.methods.items() for protocol in entry.protocols or board.protocols
+                      if entry.note_for(protocol)})
         cross.update(planned_cross(board))
     frame, references = leaderboard_frame(records), reference_frame(records)
     tables = render_markdown(frame, not_applicable, title="## Tables", references=references, notes=notes,

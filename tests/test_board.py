@@ -44,9 +44,10 @@ def small_board(**changes) -> Board:
     return Board.from_dict(data, "test")
 
 
-def fake_record(cell_id: str, method: str = "random", ipc: int = 1, model: str = "convnet", seconds: float = 2.0):
+def fake_record(cell_id: str, method: str = "random", ipc: int = 1, model: str = "convnet", seconds: float = 2.0,
+                protocol: str = "dc"):
     return make_record(
-        run_id=f"r-{cell_id}-{model}", method=method, dataset="digits", ipc=ipc, label_type="hard", protocol="dc",
+        run_id=f"r-{cell_id}-{model}", method=method, dataset="digits", ipc=ipc, label_type="hard", protocol=protocol,
         eval_model=model, accuracies=[0.5, 0.7], seeds=[0, 1], distill_seconds=1.0, eval_seconds=seconds,
         peak_gpu_memory_bytes=None, device="cpu", config={"board": {"name": "tiny", "cell": cell_id}},
         seed=0, artifact=None, git_commit="abc", versions={},
@@ -384,6 +385,27 @@ def test_a_methods_board_note_renders_under_its_tables_only_where_the_method_has
         small_board(methods={"random": {"notes": "x"}})
 
 
+def test_a_note_keyed_by_protocol_renders_under_that_protocols_table_only(tmp_path):
+    """A note measured under one protocol (datm's IPC 50 row under dc) is not printed under the kd table."""
+    digits = load_board("digits")
+    assert digits.methods["datm"].note_for("dc") and not digits.methods["datm"].note_for("kd")
+    assert digits.methods["cda"].note_for("dc") == digits.methods["cda"].note_for("kd")  # one text for both
+    by_label = {c.label: c for c in cells(digits)[0]}
+    render_leaderboard([fake_record(by_label["datm ipc10 dc"].id, method="datm", ipc=10),
+                        fake_record(by_label["datm ipc10 kd"].id, method="datm", ipc=10, protocol="kd")], tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    dc, kd = text.split("protocol `kd`")
+    assert f"- datm: {digits.methods['datm'].note_for('dc')}" in dc and "- datm:" not in kd
+    page = (tmp_path / "index.html").read_text()
+    assert page.count("<li><b>datm</b>") == 1
+    board = small_board(methods={"random": {"note": {"dc": "a   dc\n text"}}, "dm": {}})
+    assert board.methods["random"].note_for("dc") == "a dc text" and board.methods["random"].note_for("kd") == ""
+    with pytest.raises(DDBenchError, match=r"note for protocol\(s\) \['fast'\] it does not run"):
+        small_board(methods={"random": {"note": {"fast": "x"}}})
+    with pytest.raises(DDBenchError, match="note must be a text or map protocols to texts"):
+        small_board(methods={"random": {"note": {"dc": ["x"]}}})
+
+
 def test_a_cell_id_that_reads_as_a_number_reaches_the_record_as_text():
     """An id such as 9e7662564664 is a float to Hydra's override parser: the command quotes it, so the record
     names the cell; a record written before the quoting (its config holds inf) is matched through its command."""
@@ -432,5 +454,5 @@ def test_a_board_note_shows_its_commands_as_code_in_the_html_page():
     from ddbench.records import leaderboard_frame
     from ddbench.records.html import html_report
 
-    page, _ = html_report(leaderboard_frame([fake_record("c1")]), notes={("digits", "random"): "see `run seed=S` <S>"})
+    page, _ = html_report(leaderboard_frame([fake_record("c1")]), notes={("digits", "dc", "random"): "see `run seed=S` <S>"})
     assert "<li><b>random</b>: see <code>run seed=S</code> &lt;S&gt;</li>" in page  # a command as code, text escaped

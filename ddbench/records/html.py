@@ -339,14 +339,15 @@ def inline_code(text: str) -> str:
 
 def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int | None = None,
                 not_applicable: dict[tuple[str, str, int], str] | None = None,
-                references: pd.DataFrame | None = None, notes: dict[tuple[str, str], str] | None = None,
+                references: pd.DataFrame | None = None, notes: dict[tuple[str, str, str], str] | None = None,
                 cross: dict[tuple[str, str], tuple[list[str], list[int]]] | None = None
                 ) -> tuple[str, dict[str, bytes]]:
     """(page, {png file name: bytes}). With png_stem, plots are also named `<stem>_<section>_<plot>.png` and the
     page links to them (the caller writes them next to the page); the page itself embeds every plot.
     not_applicable: (dataset, method, ipc) → why that cell is invalid (n/a in the method × IPC tables); notes:
-    (dataset, method) → a board's note on the method's setting, listed under the table; cross: (dataset, protocol)
-    → the (models, ipcs) a board evaluates it on (columns and rows of the cross-architecture table)."""
+    (dataset, protocol, method) → a board's note on the method's setting, listed under that protocol's table;
+    cross: (dataset, protocol) → the (models, ipcs) a board evaluates it on (columns and rows of the
+    cross-architecture table)."""
     pngs: dict[str, bytes] = {}
     parts: list[str] = []
     sections = sorted({(d, p) for d, p in zip(frame["dataset"], frame["protocol"])},
@@ -366,7 +367,8 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         refs = section_references(references, dataset, protocol)
         parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na, refs, model))
         shown = set(primary["method"])
-        setting = [(m, n) for (d, m), n in sorted((notes or {}).items()) if d == dataset and m in shown]
+        setting = [(m, n) for (d, p, m), n in sorted((notes or {}).items())
+                   if (d, p) == (dataset, protocol) and m in shown]
         if setting:
             parts.append('<ul class="meta">' + "".join(f"<li><b>{html.escape(m)}</b>: {inline_code(n)}</li>"
                                                        for m, n in setting) + "</ul>")

@@ -296,13 +296,13 @@ def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None,
 
 def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, int], str] | None = None,
                     title: str = "# ddbench leaderboard", references: pd.DataFrame | None = None,
-                    notes: dict[tuple[str, str], str] | None = None,
+                    notes: dict[tuple[str, str, str], str] | None = None,
                     cross: dict[tuple[str, str], tuple[list[str], list[int]]] | None = None) -> str:
     """Per (dataset, protocol): a method × IPC table on ConvNet (with seconds per cell and the reference rows),
     then a cross-architecture table. not_applicable: (dataset, method, ipc) → why that cell is invalid (shown as
-    n/a); references: reference_frame() of the same records; notes: (dataset, method) → a board's note on the
-    method's setting, listed under the table; cross: (dataset, protocol) → the (models, ipcs) a board evaluates
-    it on, shown as columns and rows before their records exist."""
+    n/a); references: reference_frame() of the same records; notes: (dataset, protocol, method) → a board's note
+    on the method's setting, listed under that protocol's table; cross: (dataset, protocol) → the (models, ipcs) a
+    board evaluates it on, shown as columns and rows before their records exist."""
     parts = [title]
     if frame.empty:
         parts.append("_No records._")
@@ -315,7 +315,8 @@ def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, in
         parts.append(f"## {_escape(dataset)} · protocol {_code(protocol)}")
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
         refs = section_references(references, dataset, protocol)
-        parts.append(_main_table(section, na, refs, {m: n for (d, m), n in (notes or {}).items() if d == dataset}))
+        parts.append(_main_table(section, na, refs, {m: n for (d, p, m), n in (notes or {}).items()
+                                                     if (d, p) == (dataset, protocol)}))
         parts.append(_cross_table(section, refs, (cross or {}).get((dataset, protocol))))
     return "\n\n".join(parts) + "\n"
 
