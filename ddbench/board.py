@@ -150,6 +150,11 @@ class Cell:
     kind: str = "main"
 
     @property
+    def num_seeds(self) -> int | None:
+        """The seeds its command asks for (eval.num_seeds), or None for the protocol's."""
+        return next((int(a.split("=", 1)[1]) for a in self.args if a.startswith("eval.num_seeds=")), None)
+
+    @property
     def script(self) -> str:
         return "ddbench-reference" if self.kind == "reference" else "ddbench-run"
 
@@ -356,7 +361,8 @@ STEP_COST = {"convnet": 1.0, "alexnet": 3.9, "vgg11": 7.0, "resnet18_ap": 9.5}
 def estimate_seconds(cell: Cell, records: list[dict[str, Any]], todo: list[Cell]) -> float | None:
     """Expected seconds of a cell: the mean of finished cells of the same kind, protocol, IPC and architectures;
     for a main cell without those, `scaled_by_ipc`; for a cross-architecture cell, its method's main cell's
-    evaluation time scaled by STEP_COST and the seed count; None when nothing comparable has run."""
+    evaluation time scaled by STEP_COST and the seed count; for a reference cell, `scaled_reference`; None when
+    nothing comparable has run."""
     done = finished_cells(records)
     finished = [c for c in todo if set(c.eval_models) <= done.get(c.id, set())]
     alike = [cell_seconds(records, c.id) for c in finished
@@ -365,6 +371,8 @@ def estimate_seconds(cell: Cell, records: list[dict[str, Any]], todo: list[Cell]
         return sum(alike) / len(alike)
     if cell.kind == "main":
         return scaled_by_ipc(cell, records, finished)
+    if cell.kind == "reference":
+        return scaled_reference(cell, records, finished)
     if cell.kind != "cross":
         return None
     for main in finished:
@@ -375,11 +383,25 @@ def estimate_seconds(cell: Cell, records: list[dict[str, Any]], todo: list[Cell]
         model = cell.eval_models[0]
         if not base or model not in STEP_COST:
             return None
-        seeds = next((int(a.split("=", 1)[1]) for a in cell.args if a.startswith("eval.num_seeds=")), None)
         r = base[0]
-        scale = STEP_COST[model] / STEP_COST[r["eval_model"]] * ((seeds or len(r["seeds"])) / len(r["seeds"]))
+        scale = STEP_COST[model] / STEP_COST[r["eval_model"]] * ((cell.num_seeds or len(r["seeds"])) / len(r["seeds"]))
         return float(r["eval_seconds"]) * scale
     return None
+
+
+def scaled_reference(cell: Cell, records: list[dict[str, Any]], finished: list[Cell]) -> float | None:
+    """A reference cell's seconds from the whole-dataset runs of finished reference cells (of its protocol when
+    there are some): their seconds per seed and STEP_COST unit, times each of its architectures' STEP_COST and its
+    seeds. None when an architecture has no STEP_COST or no reference cell has finished."""
+    ids = {c.id: c.protocol for c in finished if c.kind == "reference"}
+    runs = [r for r in records if r.get("reference") == "whole_dataset" and record_cell(r) in ids
+            and r["eval_model"] in STEP_COST and r.get("seeds")]
+    runs = [r for r in runs if ids[record_cell(r)] == cell.protocol] or runs
+    if not runs or not all(m in STEP_COST for m in cell.eval_models):
+        return None
+    rate = sum(float(r["eval_seconds"]) / len(r["seeds"]) / STEP_COST[r["eval_model"]] for r in runs) / len(runs)
+    per_model = cell.num_seeds or max(len(r["seeds"]) for r in runs)
+    return rate * per_model * sum(STEP_COST[m] for m in cell.eval_models)
 
 
 def scaled_by_ipc(cell: Cell, records: list[dict[str, Any]], finished: list[Cell]) -> float | None:

@@ -456,3 +456,17 @@ def test_a_board_note_shows_its_commands_as_code_in_the_html_page():
 
     page, _ = html_report(leaderboard_frame([fake_record("c1")]), notes={("digits", "dc", "random"): "see `run seed=S` <S>"})
     assert "<li><b>random</b>: see <code>run seed=S</code> &lt;S&gt;</li>" in page  # a command as code, text escaped
+
+
+def test_a_reference_cell_is_estimated_from_a_finished_reference_cell_scaled_by_architecture_and_seeds():
+    todo, _ = cells(load_board("digits"))
+    by_label = {c.label: c for c in todo}
+    dc_convnet = by_label["reference dc convnet"]
+    extra = by_label["reference dc alexnet,vgg11,resnet18_ap"]
+    assert extra.num_seeds == 3 and dc_convnet.num_seeds is None
+    assert estimate_seconds(extra, [], todo) is None  # nothing comparable yet: ETA ?
+    whole = fake_record(dc_convnet.id, seconds=500.0)  # 2 seeds: 250 s per seed on ConvNet
+    whole["reference"] = "whole_dataset"
+    assert estimate_seconds(extra, [whole], todo) == pytest.approx(250.0 * 3 * (3.9 + 7.0 + 9.5))
+    # another protocol's reference cell falls back on it, with as many seeds as it had
+    assert estimate_seconds(by_label["reference kd convnet"], [whole], todo) == pytest.approx(500.0)

@@ -120,13 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             done = finished_cells(found)
             todo, na = cells(board)
             left = 0.0
+            width = max([len(c.label) for c in todo if only(c)] + [34])
             for cell in todo:
                 if only(cell):
                     finished = set(cell.eval_models) <= done.get(cell.id, set())
                     eta = None if finished else estimate_seconds(cell, found, todo)
                     left += eta or 0.0
                     when = "" if finished else f"ETA {format_seconds(eta)}" if eta is not None else "ETA ?"
-                    print(f"{'done' if finished else 'missing':8s} {cell.label:34s} {when:12s} {cell.id}  "
+                    print(f"{'done' if finished else 'missing':8s} {cell.label:{width}s} {when:12s} {cell.id}  "
                           f"{cell.script} {' '.join(cell.args)}")
             for method, ipc, protocol, why in na:
                 if only(SimpleNamespace(method=method, ipc=ipc, protocol=protocol, kind="main")):
