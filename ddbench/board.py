@@ -625,7 +625,8 @@ every cell's exact command and an ETA for the missing ones; with `--jobs N` a jo
 the training runs of a running cell. Each table carries reference rows: `whole dataset` (the evaluation network
 trained on the whole real train set with hard labels under the protocol's augmentation, 200 epochs with the lr x0.1
 at half: `eval.full_data`) and, for protocols with a teacher, `teacher` (its test accuracy), written by the board's
-`ddbench-reference` cells. A board's cross-architecture cells may use fewer seeds than the protocol (the n of every cell says how many).
+`ddbench-reference` cells. A board's cross-architecture cells may use fewer seeds than the protocol (the n of every
+cell says how many).
 """
 
 

@@ -23,7 +23,8 @@ from typing import Any
 import pandas as pd
 
 from ddbench.records.leaderboard import (
-    DEFAULT_EVAL_MODEL, SCORE_COLUMNS, _model_order, cross_rows, model_mean, reference_label, section_references,
+    DEFAULT_EVAL_MODEL, SCORE_COLUMNS, _model_order, cross_rows, model_mean, reference_label, section_notes,
+    section_references,
 )
 
 CSS = """
@@ -367,8 +368,7 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         refs = section_references(references, dataset, protocol)
         parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na, refs, model))
         shown = set(primary["method"])
-        setting = [(m, n) for (d, p, m), n in sorted((notes or {}).items())
-                   if (d, p) == (dataset, protocol) and m in shown]
+        setting = [(m, n) for m, n in section_notes(notes, dataset, protocol).items() if m in shown]
         if setting:
             parts.append('<ul class="meta">' + "".join(f"<li><b>{html.escape(m)}</b>: {inline_code(n)}</li>"
                                                        for m, n in setting) + "</ul>")

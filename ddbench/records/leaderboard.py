@@ -155,6 +155,11 @@ def section_references(references: pd.DataFrame | None, dataset: str, protocol: 
     return references[(references["dataset"] == dataset) & (references["protocol"] == protocol)]
 
 
+def section_notes(notes: dict[tuple[str, str, str], str] | None, dataset: str, protocol: str) -> dict[str, str]:
+    """method → a board's note, for the tables of one (dataset, protocol) section."""
+    return {m: n for (d, p, m), n in sorted((notes or {}).items()) if (d, p) == (dataset, protocol)}
+
+
 def format_cell(mean: float, std: float, n_seeds: int) -> str:
     """`84.31 ± 0.22 (n=5)`: mean and std in percent, n = number of pooled seeds."""
     return f"{mean * 100:.2f} ± {std * 100:.2f} (n={int(n_seeds)})"
@@ -315,8 +320,7 @@ def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, in
         parts.append(f"## {_escape(dataset)} · protocol {_code(protocol)}")
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
         refs = section_references(references, dataset, protocol)
-        parts.append(_main_table(section, na, refs, {m: n for (d, p, m), n in (notes or {}).items()
-                                                     if (d, p) == (dataset, protocol)}))
+        parts.append(_main_table(section, na, refs, section_notes(notes, dataset, protocol)))
         parts.append(_cross_table(section, refs, (cross or {}).get((dataset, protocol))))
     return "\n\n".join(parts) + "\n"
 
