@@ -681,21 +681,26 @@ def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> li
     not_applicable: dict[tuple[str, str, int], str] = {}
     notes: dict[tuple[str, str, str], str] = {}  # (dataset, protocol, method) → the board's note on its setting
     cross: dict[tuple[str, str], tuple[list[str], list[int]]] = {}  # (dataset, protocol) → planned models, ipcs
+    ipcs: dict[tuple[str, str], list[int]] = {}  # (dataset, protocol) → the IPCs of its main cells
     for name in available_boards():
         board = load_board(name)
-        for method, ipc, _, why in cells(board)[1]:
+        todo, na = cells(board)
+        for method, ipc, _, why in na:
             not_applicable[(board.dataset, method, ipc)] = why
+        for cell in todo:
+            if cell.kind == "main" and cell.ipc not in ipcs.setdefault((board.dataset, cell.protocol), []):
+                ipcs[(board.dataset, cell.protocol)].append(cell.ipc)
         notes.update({(board.dataset, protocol, method): entry.note_for(protocol)
                       for method, entry in board.methods.items() for protocol in entry.protocols or board.protocols
                       if entry.note_for(protocol)})
         cross.update(planned_cross(board))
     frame, references = leaderboard_frame(records), reference_frame(records)
     tables = render_markdown(frame, not_applicable, title="## Tables", references=references, notes=notes,
-                             cross=cross)
+                             cross=cross, ipcs=ipcs)
     text = "# Leaderboard\n\n" + LEADERBOARD_INTRO + "\n## Boards\n\n" + board_summary(records) + "\n\n" + tables
     written = [atomic_write_bytes(out / "README.md", text.encode("utf-8"))]
     page, pngs = html_report(frame, png_stem="index", n_records=len(records), not_applicable=not_applicable,
-                             references=references, notes=notes, cross=cross)
+                             references=references, notes=notes, cross=cross, ipcs=ipcs)
     for file_name, png in pngs.items():
         written.append(atomic_write_bytes(out / file_name, png))
     written.append(atomic_write_bytes(out / "index.html", page.encode("utf-8")))

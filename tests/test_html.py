@@ -227,3 +227,23 @@ def test_a_boards_planned_architectures_are_columns_before_their_records_exist(t
     assert table[0] == ["Method", "Labels", "IPC", "convnet", "alexnet", "vgg11", "resnet18_ap", "Mean over models"]
     dm = next(row for row in table if row[:3] == ["dm", "hard", "10"])
     assert dm[3:] == ["48.50 ± 0.50 (n=2)", "38.00 ± 0.00 (n=1)", "41.00 ± 1.00 (n=2)", "—", "—"]
+
+
+def test_a_boards_planned_ipcs_are_columns_and_a_one_model_section_has_no_cross_table(tmp_path):
+    """The digits board runs kd at IPC 1, 10 and 50: with kd records at IPC 10 only, the kd table (Markdown and
+    HTML) still has the IPC 1 and 50 columns, their cells missing; kd has one evaluation model, so it gets no
+    cross-architecture table (it would repeat the main one), while dc's is there."""
+    from ddbench.board import render_leaderboard
+
+    found = [r | {"dataset": "digits"} for r in records()]
+    render_leaderboard(found, tmp_path / "site")
+    text = (tmp_path / "site" / "README.md").read_text(encoding="utf-8")
+    dc, kd = text.split("## digits · protocol `kd`")
+    assert "Cross-architecture" in dc and "Cross-architecture" not in kd
+    assert "| Method | Labels | IPC 1 | IPC 10 | IPC 50 |" in kd
+    assert "| dm | soft | — | 55.00 ± 0.00 (n=1) | — |" in kd
+    shown = Tables((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))
+    assert "t-digits-dc-cross" in shown.tables and "t-digits-kd-cross" not in shown.tables
+    main = shown.tables["t-digits-kd-main"]
+    assert main[0] == ["Method", "Labels", "IPC 1", "IPC 10", "IPC 50"]
+    assert next(row for row in main if row[0] == "dm")[2:] == ["—", "55.00 ± 0.00", "—"]

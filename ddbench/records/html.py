@@ -18,13 +18,13 @@ import io
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
 from ddbench.records.leaderboard import (
     DEFAULT_EVAL_MODEL, SCORE_COLUMNS, _model_order, cross_rows, model_mean, reference_label, section_notes,
-    section_references,
+    section_references, table_ipcs,
 )
 
 CSS = """
@@ -193,12 +193,14 @@ def _reference_cells(r: Any, n_columns: int) -> list[str]:
 
 
 def _method_ipc_table(table_id: str, rows: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None,
-                      references: pd.DataFrame | None = None, model: str = DEFAULT_EVAL_MODEL) -> str:
+                      references: pd.DataFrame | None = None, model: str = DEFAULT_EVAL_MODEL,
+                      planned_ipcs: Iterable[int] = ()) -> str:
     """Methods (× label type) as rows, IPCs as columns, as papers print them; hover shows the provenance.
     not_applicable: (method, ipc) → why the cell is invalid, shown as n/a with the reason on hover. references:
-    the section's whole-dataset (of `model`) and teacher rows, the same number in every IPC column."""
+    the section's whole-dataset (of `model`) and teacher rows, the same number in every IPC column. planned_ipcs:
+    a board's IPCs for the section, columns even before their records exist."""
     na = not_applicable or {}
-    ipcs = sorted({int(i) for i in rows["ipc"]} | {ipc for _, ipc in na})
+    ipcs = table_ipcs(rows, na, planned_ipcs)
     columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text")]
     columns += [_Col(f"ipc{ipc}", f"IPC {ipc}") for ipc in ipcs]
     found = {(r.method, r.label_type, int(r.ipc)): r for r in rows.itertuples()}
@@ -251,11 +253,13 @@ def _detail_table(table_id: str, rows: pd.DataFrame) -> str:
 
 
 def _cross_table(table_id: str, section: pd.DataFrame, references: pd.DataFrame | None = None,
-                 planned: tuple[list[str], list[int]] | None = None) -> str:
+                 planned: tuple[list[str], list[int]] | None = None) -> str | None:
     """Method × architecture at the IPCs evaluated beyond ConvNet (see cross_rows; planned: a board's (models,
     ipcs) for it); a missing model is an empty cell, the mean is over complete rows only; the whole-dataset row
-    closes the table."""
+    closes the table. None when the section has one evaluation model (the main table already shows it)."""
     models, keys, cells = cross_rows(section, planned)
+    if len(models) < 2:
+        return None
     columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text"), _Col("ipc", "IPC")]
     columns += [_Col(f"model:{m}", m) for m in models] + [_Col("model_mean", "Mean over models")]
     out = []
@@ -341,14 +345,15 @@ def inline_code(text: str) -> str:
 def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int | None = None,
                 not_applicable: dict[tuple[str, str, int], str] | None = None,
                 references: pd.DataFrame | None = None, notes: dict[tuple[str, str, str], str] | None = None,
-                cross: dict[tuple[str, str], tuple[list[str], list[int]]] | None = None
-                ) -> tuple[str, dict[str, bytes]]:
+                cross: dict[tuple[str, str], tuple[list[str], list[int]]] | None = None,
+                ipcs: dict[tuple[str, str], list[int]] | None = None) -> tuple[str, dict[str, bytes]]:
     """(page, {png file name: bytes}). With png_stem, plots are also named `<stem>_<section>_<plot>.png` and the
     page links to them (the caller writes them next to the page); the page itself embeds every plot.
     not_applicable: (dataset, method, ipc) → why that cell is invalid (n/a in the method × IPC tables); notes:
     (dataset, protocol, method) → a board's note on the method's setting, listed under that protocol's table;
     cross: (dataset, protocol) → the (models, ipcs) a board evaluates it on (columns and rows of the
-    cross-architecture table)."""
+    cross-architecture table); ipcs: (dataset, protocol) → the IPCs a board runs it at (columns of the method × IPC
+    table before their records exist)."""
     pngs: dict[str, bytes] = {}
     parts: list[str] = []
     sections = sorted({(d, p) for d, p in zip(frame["dataset"], frame["protocol"])},
@@ -366,7 +371,8 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
                      "commit and command; click a column header to sort.</p>")
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
         refs = section_references(references, dataset, protocol)
-        parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na, refs, model))
+        parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na, refs, model,
+                                       (ipcs or {}).get((dataset, protocol), ())))
         shown = set(primary["method"])
         setting = [(m, n) for m, n in section_notes(notes, dataset, protocol).items() if m in shown]
         if setting:
@@ -379,12 +385,14 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
                          "batches).</p>")
         parts.append("<h3>Details</h3>")
         parts.append(_detail_table(slug("t", dataset, protocol, "detail"), primary))
-        parts.append("<h3>Cross-architecture</h3>")
-        parts.append('<p class="meta">Accuracy (%) per evaluation model, n = seeds per cell (a board may use fewer '
-                     "seeds on the extra architectures); — = not run yet; the mean is over models, for complete "
-                     "rows only.</p>")
-        parts.append(_cross_table(slug("t", dataset, protocol, "cross"), section, refs,
-                                  (cross or {}).get((dataset, protocol))))
+        cross_table = _cross_table(slug("t", dataset, protocol, "cross"), section, refs,
+                                   (cross or {}).get((dataset, protocol)))
+        if cross_table is not None:
+            parts.append("<h3>Cross-architecture</h3>")
+            parts.append('<p class="meta">Accuracy (%) per evaluation model, n = seeds per cell (a board may use '
+                         "fewer seeds on the extra architectures); — = not run yet; the mean is over models, for "
+                         "complete rows only.</p>")
+            parts.append(cross_table)
         figures = []
         for kind, builder, caption in (
             ("acc_vs_ipc", plot_accuracy_vs_ipc, f"Accuracy vs IPC ({model})"),

@@ -196,12 +196,13 @@ def reference_label(r: Any) -> str:
 
 
 def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None,
-                references: pd.DataFrame | None = None, notes_by_method: dict[str, str] | None = None) -> str:
+                references: pd.DataFrame | None = None, notes_by_method: dict[str, str] | None = None,
+                planned_ipcs: Iterable[int] = ()) -> str:
     convnet = section[section["eval_model"].str.lower() == DEFAULT_EVAL_MODEL]
     if convnet.empty:
         return f"_No results evaluated on {DEFAULT_EVAL_MODEL_TITLE} ({DEFAULT_EVAL_MODEL}) yet._"
     na = not_applicable or {}
-    ipcs = sorted({int(i) for i in convnet["ipc"]} | {ipc for _, ipc in na})
+    ipcs = table_ipcs(convnet, na, planned_ipcs)
     cells = {
         (r.method, r.label_type, int(r.ipc)): format_cell(r.mean, r.std, r.n_seeds) for r in convnet.itertuples()
     }
@@ -227,7 +228,7 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
     header = ["Method", "Labels"] + [f"IPC {ipc}" for ipc in ipcs]
     caption = (
         f"Test accuracy (%) of {DEFAULT_EVAL_MODEL_TITLE} trained on the distilled data: "
-        "mean ± std (population, ddof=0) over all seeds of all runs; n = seeds."
+        "mean ± std (population, ddof=0) over all seeds of all runs; n = seeds; — = not run yet."
     )
     shown = {m for m, _ in methods}
     notes = [f"n/a: {method} at IPC {ipc}: {why}" for (method, ipc), why in sorted(na.items()) if method in shown]
@@ -244,6 +245,13 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
         text += (f"\n\n{REUSED_MARK} the set was distilled once for this method's cells of several protocols "
                  "(`reuse_distilled`); the seconds are that distillation's, counted once in the compute total.")
     return text
+
+
+def table_ipcs(rows: pd.DataFrame, not_applicable: dict[tuple[str, int], str],
+               planned_ipcs: Iterable[int] = ()) -> list[int]:
+    """The IPC columns of a method × IPC table: those with results, those marked n/a and a board's planned ones
+    (so a column whose cells are still running shows as missing, not absent)."""
+    return sorted({int(i) for i in rows["ipc"]} | {ipc for _, ipc in not_applicable} | {int(i) for i in planned_ipcs})
 
 
 def _seconds(value: float) -> str:
@@ -275,15 +283,18 @@ def model_mean(cells: dict[tuple, Any], key: tuple[str, str, int], models: list[
 
 
 def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None,
-                 planned: tuple[list[str], list[int]] | None = None) -> str:
+                 planned: tuple[list[str], list[int]] | None = None) -> str | None:
+    """None when the section has one evaluation model (the main table already shows it)."""
     models, keys, cells = cross_rows(section, planned)
+    if len(models) < 2:
+        return None
     rows = []
     for key in keys:
         mean = model_mean(cells, key, models)
         rows.append([key[0], key[1], str(key[2])]
                     + [format_cell(cells[(*key, m)].mean, cells[(*key, m)].std, cells[(*key, m)].n_seeds)
                        if (*key, m) in cells else MISSING_CELL for m in models]
-                    + ([MISSING_CELL if mean is None else f"{mean * 100:.2f}"] if len(models) > 1 else []))
+                    + [MISSING_CELL if mean is None else f"{mean * 100:.2f}"])
     whole = {} if references is None else {r.eval_model: r for r in references.itertuples()
                                             if r.reference == "whole_dataset"}
     if whole:
@@ -292,8 +303,8 @@ def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None,
         rows.append(["whole dataset", "hard", "all"]
                     + [format_cell(whole[m].mean, whole[m].std, whole[m].n_seeds) if m in whole else MISSING_CELL
                        for m in models]
-                    + ([MISSING_CELL if mean is None else f"{mean * 100:.2f}"] if len(models) > 1 else []))
-    header = ["Method", "Labels", "IPC"] + models + (["Mean over models"] if len(models) > 1 else [])
+                    + [MISSING_CELL if mean is None else f"{mean * 100:.2f}"])
+    header = ["Method", "Labels", "IPC"] + models + ["Mean over models"]
     caption = ("Cross-architecture: test accuracy (%) per evaluation model; n = seeds per cell (a board may use "
                "fewer seeds on the extra architectures); — = not run yet; the mean is over complete rows only.")
     return caption + "\n\n" + _table(header, rows, n_labels=3)
@@ -302,12 +313,14 @@ def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None,
 def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, int], str] | None = None,
                     title: str = "# ddbench leaderboard", references: pd.DataFrame | None = None,
                     notes: dict[tuple[str, str, str], str] | None = None,
-                    cross: dict[tuple[str, str], tuple[list[str], list[int]]] | None = None) -> str:
+                    cross: dict[tuple[str, str], tuple[list[str], list[int]]] | None = None,
+                    ipcs: dict[tuple[str, str], list[int]] | None = None) -> str:
     """Per (dataset, protocol): a method × IPC table on ConvNet (with seconds per cell and the reference rows),
-    then a cross-architecture table. not_applicable: (dataset, method, ipc) → why that cell is invalid (shown as
+    then a cross-architecture table where it has more than one evaluation model. not_applicable: (dataset, method, ipc) → why that cell is invalid (shown as
     n/a); references: reference_frame() of the same records; notes: (dataset, protocol, method) → a board's note
     on the method's setting, listed under that protocol's table; cross: (dataset, protocol) → the (models, ipcs) a
-    board evaluates it on, shown as columns and rows before their records exist."""
+    board evaluates it on, shown as columns and rows before their records exist; ipcs: (dataset, protocol) → the
+    IPCs a board runs it at, shown as columns before their records exist."""
     parts = [title]
     if frame.empty:
         parts.append("_No records._")
@@ -320,8 +333,11 @@ def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, in
         parts.append(f"## {_escape(dataset)} · protocol {_code(protocol)}")
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
         refs = section_references(references, dataset, protocol)
-        parts.append(_main_table(section, na, refs, section_notes(notes, dataset, protocol)))
-        parts.append(_cross_table(section, refs, (cross or {}).get((dataset, protocol))))
+        parts.append(_main_table(section, na, refs, section_notes(notes, dataset, protocol),
+                                 (ipcs or {}).get((dataset, protocol), ())))
+        cross_table = _cross_table(section, refs, (cross or {}).get((dataset, protocol)))
+        if cross_table is not None:
+            parts.append(cross_table)
     return "\n\n".join(parts) + "\n"
 
 
