@@ -86,6 +86,10 @@ class Board:
     cross_architecture: CrossArchitecture | None = None
     references: bool = True  # a reference cell per protocol: whole-dataset (and teacher) rows (ddbench-reference)
 
+    def protocols_of(self, method: str) -> list[str]:
+        """The protocols `method` runs on this board: its own list, else the board's."""
+        return self.methods[method].protocols or self.protocols
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> "Board":
         known = {f.name for f in dataclasses.fields(cls)}
@@ -125,7 +129,7 @@ class Board:
         board.not_applicable = {str(m): {int(i): str(why) for i, why in (v or {}).items()}
                                 for m, v in (board.not_applicable or {}).items()}
         for method, entry in board.methods.items():
-            runs = entry.protocols or board.protocols
+            runs = board.protocols_of(method)
             stray = sorted(set(entry.note) - set(runs)) if isinstance(entry.note, dict) else []
             if stray:
                 raise DDBenchError(f"board {source}: method {method!r} has a note for protocol(s) {stray} it does not "
@@ -257,7 +261,7 @@ def cells(board: Board) -> tuple[list[Cell], list[tuple[str, int, str, str]]]:
         for method, entry in board.methods.items():
             if entry.ipcs is not None and ipc not in entry.ipcs:
                 continue
-            for protocol in entry.protocols or board.protocols:
+            for protocol in board.protocols_of(method):
                 why = board.not_applicable.get(method, {}).get(ipc)
                 if why:
                     skipped.append((method, ipc, protocol, why))
@@ -691,7 +695,7 @@ def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> li
             if cell.kind == "main" and cell.ipc not in ipcs.setdefault((board.dataset, cell.protocol), []):
                 ipcs[(board.dataset, cell.protocol)].append(cell.ipc)
         notes.update({(board.dataset, protocol, method): entry.note_for(protocol)
-                      for method, entry in board.methods.items() for protocol in entry.protocols or board.protocols
+                      for method, entry in board.methods.items() for protocol in board.protocols_of(method)
                       if entry.note_for(protocol)})
         cross.update(planned_cross(board))
     frame, references = leaderboard_frame(records), reference_frame(records)
