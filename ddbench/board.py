@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -363,12 +364,16 @@ STEP_COST = {"convnet": 1.0, "alexnet": 3.9, "vgg11": 7.0, "resnet18_ap": 9.5}
 
 
 def estimate_seconds(cell: Cell, records: list[dict[str, Any]], todo: list[Cell]) -> float | None:
-    """Expected seconds of a cell: the mean of finished cells of the same kind, protocol, IPC and architectures;
-    for a main cell without those, `scaled_by_ipc`; for a cross-architecture cell, its method's main cell's
-    evaluation time scaled by STEP_COST and the seed count; for a reference cell, `scaled_reference`; None when
-    nothing comparable has run."""
+    """Expected seconds of a cell: for a cross-architecture cell, `scaled_by_architecture`; else (or when that
+    has nothing to go on) the mean of finished cells of the same kind, protocol, IPC and architectures; for a main
+    cell without those, `scaled_by_ipc`; for a reference cell, `scaled_reference`; None when nothing comparable has
+    run."""
     done = finished_cells(records)
     finished = [c for c in todo if set(c.eval_models) <= done.get(c.id, set())]
+    if cell.kind == "cross":
+        scaled = scaled_by_architecture(cell, records, finished)
+        if scaled is not None:
+            return scaled
     alike = [cell_seconds(records, c.id) for c in finished
              if (c.kind, c.protocol, c.ipc, c.eval_models) == (cell.kind, cell.protocol, cell.ipc, cell.eval_models)]
     if alike:
@@ -377,20 +382,41 @@ def estimate_seconds(cell: Cell, records: list[dict[str, Any]], todo: list[Cell]
         return scaled_by_ipc(cell, records, finished)
     if cell.kind == "reference":
         return scaled_reference(cell, records, finished)
-    if cell.kind != "cross":
-        return None
-    for main in finished:
-        if (main.kind, main.method, main.ipc, main.protocol) != ("main", cell.method, cell.ipc, cell.protocol):
-            continue
-        mine = [r for r in records if record_cell(r) == main.id]
-        base = [r for r in mine if r["eval_model"] in STEP_COST]
-        model = cell.eval_models[0]
-        if not base or model not in STEP_COST:
-            return None
-        r = base[0]
-        scale = STEP_COST[model] / STEP_COST[r["eval_model"]] * ((cell.num_seeds or len(r["seeds"])) / len(r["seeds"]))
-        return float(r["eval_seconds"]) * scale
     return None
+
+
+def scaled_by_architecture(cell: Cell, records: list[dict[str, Any]], finished: list[Cell]) -> float | None:
+    """A one-architecture cell's evaluation seconds from its method's evaluations on other architectures (same
+    protocol and IPC), per seed, times the cost ratio of the two architectures and the cell's seeds (the median
+    over those other architectures). The ratio is measured: the median, over the methods evaluated on both, of
+    their seconds per seed; STEP_COST's where no method has been. Methods differ far more than the architectures'
+    ratio (INFER's decoded set is 2.8 times as large), so a method's own cells come first."""
+    if len(cell.eval_models) != 1:
+        return None
+    model = cell.eval_models[0]
+    ids = {c.id: c.method for c in finished
+           if c.kind in ("main", "cross") and (c.protocol, c.ipc) == (cell.protocol, cell.ipc)}
+    per_seed: dict[tuple[str, str], float] = {}  # (method, model) → eval seconds per seed
+    seeds: dict[tuple[str, str], int] = {}
+    for r in records:
+        method = ids.get(record_cell(r))
+        if method is not None and r.get("seeds") and r.get("eval_seconds") is not None:
+            per_seed[(method, r["eval_model"])] = float(r["eval_seconds"]) / len(r["seeds"])
+            seeds[(method, r["eval_model"])] = len(r["seeds"])
+    estimates = []
+    for (method, other), seconds in per_seed.items():
+        if method != cell.method or other == model:
+            continue
+        ratios = [per_seed[(m, model)] / per_seed[(m, other)] for m, m_model in per_seed
+                  if m_model == model and (m, other) in per_seed and per_seed[(m, other)] > 0]
+        if ratios:
+            estimates.append(seconds * statistics.median(ratios))
+        elif model in STEP_COST and other in STEP_COST:
+            estimates.append(seconds * STEP_COST[model] / STEP_COST[other])
+    if not estimates:
+        return None
+    n_seeds = cell.num_seeds or max(n for (m, _), n in seeds.items() if m == cell.method)
+    return statistics.median(estimates) * n_seeds
 
 
 def scaled_reference(cell: Cell, records: list[dict[str, Any]], finished: list[Cell]) -> float | None:

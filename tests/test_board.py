@@ -470,3 +470,21 @@ def test_a_reference_cell_is_estimated_from_a_finished_reference_cell_scaled_by_
     assert estimate_seconds(extra, [whole], todo) == pytest.approx(250.0 * 3 * (3.9 + 7.0 + 9.5))
     # another protocol's reference cell falls back on it, with as many seeds as it had
     assert estimate_seconds(by_label["reference kd convnet"], [whole], todo) == pytest.approx(500.0)
+
+
+def test_a_cross_architecture_cell_is_estimated_from_its_own_method_scaled_by_the_measured_architecture_ratio():
+    """A method's cells cost what the method costs (INFER evaluates a set 2.8 times as large): the ETA of dm on
+    AlexNet is dm's ConvNet seconds per seed times AlexNet's measured cost over ConvNet's (from random, which ran on
+    both) times the cell's seeds, not the mean of other methods' AlexNet cells; STEP_COST's ratio before any
+    method has run on AlexNet."""
+    board = small_board(cross_architecture={"models": ["alexnet"], "ipcs": [10], "num_seeds": 3})
+    todo, _ = cells(board)
+    by_label = {c.label: c for c in todo}
+    dm_alexnet = by_label["dm ipc10 dc alexnet"]
+    dm = fake_record(by_label["dm ipc10 dc"].id, method="dm", ipc=10, seconds=100.0)  # 2 seeds: 50 s per seed
+    assert estimate_seconds(dm_alexnet, [dm], todo) == pytest.approx(50.0 * 3.9 * 3)
+    random = fake_record(by_label["random ipc10 dc"].id, ipc=10, seconds=20.0)
+    random_alexnet = fake_record(by_label["random ipc10 dc alexnet"].id, ipc=10, model="alexnet", seconds=80.0)
+    assert estimate_seconds(dm_alexnet, [dm, random, random_alexnet], todo) == pytest.approx(50.0 * 4.0 * 3)
+    # dm has not run anywhere: the mean of the finished AlexNet cells (80 s evaluation + 1 s distillation)
+    assert estimate_seconds(dm_alexnet, [random, random_alexnet], todo) == pytest.approx(81.0)
