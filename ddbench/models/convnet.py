@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
-from ddbench.models.features import Maps, activation_taps, run_tapped
+from ddbench.models.features import TappedSequential, activation_taps
 from ddbench.models.options import Choice, IntRange
 from ddbench.models.registry import register_model
 from ddbench.utils import DDBenchError
@@ -55,8 +54,9 @@ def depth_rule(options: Mapping[str, Any], channels: int, image_size: int) -> tu
     return None
 
 
-class ConvNet(nn.Module):
-    """x [B,C,H,W] → logits [B,num_classes]."""
+class ConvNet(TappedSequential):
+    """x [B,C,H,W] → logits [B,num_classes]. feature_maps: the post-activation map of each block, before its
+    pooling: depth tensors [B, width, H_d, W_d] (H_d = H / 2^d for d = 0..depth-1 with pooling)."""
 
     def __init__(
         self,
@@ -90,19 +90,6 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * size * size, num_classes)
         self.taps = activation_taps(self.features)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features [B, D]."""
-        return self.features(x).flatten(1)
-
-    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
-        """Post-activation map of each block, before its pooling: depth tensors [B, width, H_d, W_d]
-        (H_d = H / 2^d for d = 0..depth-1 with pooling); with embedding=True also embed(x) [B, D]."""
-        out, maps = run_tapped(self.features, x, self.taps)
-        return (maps, out.flatten(1)) if embedding else maps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
 
 
 def convnet_options(norm: Choice) -> dict:

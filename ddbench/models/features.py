@@ -39,6 +39,37 @@ def run_tapped(layers: nn.Sequential, x: torch.Tensor, taps: tuple[int, ...]) ->
     return x, maps
 
 
+class TappedSequential(nn.Module):
+    """A model that runs `features` (an nn.Sequential, read at its activations: `taps`), flattens, passes that
+    through `neck` (nothing by default; LeNet's fully connected layers) and then `classifier`. Subclasses build
+    `features`, `classifier` and `taps = activation_taps(features)`; this class answers embed, feature_maps and
+    forward for all of them."""
+
+    features: nn.Sequential
+    classifier: nn.Module
+    taps: tuple[int, ...]
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What `features` reads: x [B, C, H, W] itself (an MLP flattens it)."""
+        return x
+
+    def neck(self, flat: torch.Tensor) -> torch.Tensor:
+        """The layers between the flattened features [B, F] and the embedding [B, D]: none by default."""
+        return flat
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features [B, D]."""
+        return self.neck(self.features(self.inputs(x)).flatten(1))
+
+    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
+        """The outputs of the activations of `features`, shallow to deep; with embedding=True also embed(x)."""
+        out, maps = run_tapped(self.features, self.inputs(x), self.taps)
+        return (maps, self.neck(out.flatten(1))) if embedding else maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
 def feature_maps(model: nn.Module, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
     """`model.feature_maps(x, embedding)`, or a clear error for models without the API (e.g. timm models)."""
     method = getattr(model, "feature_maps", None)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench.models.convnet import BN_ONLY, NORMS, make_norm
-from ddbench.models.features import Maps, activation_taps, run_tapped
+from ddbench.models.features import Maps, TappedSequential, activation_taps
 from ddbench.models.options import Choice, IntList, IntRange, LayerList, hydra_value
 from ddbench.models.registry import register_model
 from ddbench.utils import DDBenchError
@@ -45,8 +45,9 @@ def _check_positive(size: int, arch: str, image_size: int) -> None:
 # --------------------------------------------------------------------------------------------- AlexNet
 
 
-class AlexNet(nn.Module):
-    """The 5-conv AlexNet of the DC/DSA/DM evaluations (no normalization)."""
+class AlexNet(TappedSequential):
+    """The 5-conv AlexNet of the DC/DSA/DM evaluations (no normalization); feature_maps: the 5 post-ReLU conv maps
+    (before pooling)."""
 
     def __init__(self, channels: int, num_classes: int, image_size: int):
         super().__init__()
@@ -67,17 +68,6 @@ class AlexNet(nn.Module):
         )
         self.classifier = nn.Linear(_flat_size(self.features, channels, image_size, "alexnet"), num_classes)
         self.taps = activation_taps(self.features)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
-        """The 5 post-ReLU conv maps (before pooling); with embedding=True also embed(x)."""
-        out, maps = run_tapped(self.features, x, self.taps)
-        return (maps, out.flatten(1)) if embedding else maps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
 
 
 @register_model("alexnet", builds=AlexNet)
@@ -101,8 +91,8 @@ def leading_pools_to_skip(cfg: list[int | str], size: int, smallest: int) -> int
     return skip
 
 
-class VGG(nn.Module):
-    """VGG with 3x3 convs → norm → ReLU. On inputs smaller than the cfg expects, the first max-pools are left out
+class VGG(TappedSequential):
+    """VGG with 3x3 convs → norm → ReLU (feature_maps: one post-ReLU map per conv, before pooling). On inputs smaller than the cfg expects, the first max-pools are left out
     until the last conv's map is at least 2x2 with instance norm (on 1x1 the norm gives every image the same
     features) or 1x1 otherwise, so the later convs run at the map sizes they have at 32 px (16 px: the first pool;
     leaving out the 4th instead put four convs on 2x2 maps, which trained from 100 images but stayed at chance from
@@ -139,17 +129,6 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(in_ch * size * size, num_classes)
         self.taps = activation_taps(self.features)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
-        """One post-ReLU map per conv layer (before pooling); with embedding=True also embed(x)."""
-        out, maps = run_tapped(self.features, x, self.taps)
-        return (maps, out.flatten(1)) if embedding else maps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
 
 
 @register_model("vgg11", builds=VGG, options={"cfg": LayerList(), "norm": Choice(NORMS)})
@@ -319,7 +298,9 @@ def resnet18_cifar(channels: int, num_classes: int, image_size: int) -> nn.Modul
 # ----------------------------------------------------------------------------------------------- LeNet
 
 
-class LeNet(nn.Module):
+class LeNet(TappedSequential):
+    """LeNet-5; feature_maps: the 2 post-ReLU conv maps (before pooling); embed: [B, 84]."""
+
     def __init__(self, channels: int, num_classes: int, image_size: int):
         super().__init__()
         pad = 2 if (channels == 1 and image_size == 28) else 0
@@ -336,16 +317,9 @@ class LeNet(nn.Module):
         self.classifier = nn.Linear(84, num_classes)
         self.taps = activation_taps(self.features)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).flatten(1))
-
-    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
-        """The 2 post-ReLU conv maps (before pooling); with embedding=True also embed(x) [B, 84]."""
-        out, maps = run_tapped(self.features, x, self.taps)
-        return (maps, self.fc(out.flatten(1))) if embedding else maps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+    def neck(self, flat: torch.Tensor) -> torch.Tensor:
+        """Its fully connected layers: [B, F] → [B, 84]."""
+        return self.fc(flat)
 
 
 @register_model("lenet", builds=LeNet)
@@ -356,7 +330,9 @@ def lenet(channels: int, num_classes: int, image_size: int) -> nn.Module:
 # ------------------------------------------------------------------------------------------------- MLP
 
 
-class MLP(nn.Module):
+class MLP(TappedSequential):
+    """Fully connected ReLU layers on the flattened image; feature_maps: the depth hidden vectors [B, width]."""
+
     def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 128, depth: int = 2):
         super().__init__()
         layers: list[nn.Module] = []
@@ -368,16 +344,8 @@ class MLP(nn.Module):
         self.classifier = nn.Linear(in_dim, num_classes)
         self.taps = activation_taps(self.features)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x.flatten(1))
-
-    def feature_maps(self, x: torch.Tensor, embedding: bool = False) -> Maps | tuple[Maps, torch.Tensor]:
-        """The post-ReLU hidden vectors [B, width] (depth of them); with embedding=True also embed(x)."""
-        out, maps = run_tapped(self.features, x.flatten(1), self.taps)
-        return (maps, out) if embedding else maps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
 
 
 @register_model("mlp", builds=MLP, options={"width": IntRange(1), "depth": IntRange(1, note="hidden layers")})
