@@ -224,6 +224,11 @@ class Evaluator:
     # ------------------------------------------------------------------------------------ baselines
     def full_data_accuracy(self, name: str) -> list[float]:
         """Per-seed test accuracy of `name` trained on the whole real train set with hard labels (cached)."""
+        return self.full_data_run(name)[0]
+
+    def full_data_run(self, name: str) -> tuple[list[float], float | None]:
+        """`full_data_accuracy` and the seconds its training took, stored with it so that a reference row read
+        from the cache still says what it cost (None for an entry cached before they were stored)."""
         base = self.protocol.hard_variant()
         fd = self.protocol.full_data
         proto = replace(base, epochs=fd.epochs, epochs_no_aug=fd.epochs, batch_size=fd.batch_size, lr_grid=None)
@@ -233,12 +238,14 @@ class Evaluator:
                "seeds": proto.seeds}
 
         def build() -> dict[str, torch.Tensor]:
-            train = self.splits.train
-            return {"accuracies": torch.tensor(self.fit(proto, name, train.images, train.labels, "hard", lr,
-                                                        _generator(["full_hard", name, proto.seeds], self.device)))}
+            train, before = self.splits.train, self.fit_seconds
+            accuracies = self.fit(proto, name, train.images, train.labels, "hard", lr,
+                                  _generator(["full_hard", name, proto.seeds], self.device))
+            return {"accuracies": torch.tensor(accuracies),
+                    "seconds": torch.tensor(self.fit_seconds - before, dtype=torch.float64)}
 
-        return self.cache.get_or_create("baselines", key, build, required=("accuracies",),
-                                        wait=not self.helper)["accuracies"].tolist()
+        found = self.cache.get_or_create("baselines", key, build, required=("accuracies",), wait=not self.helper)
+        return found["accuracies"].tolist(), float(found["seconds"]) if "seconds" in found else None
 
     def random_subsets(self, ipc: int, seeds: list[int], source: ClassTensors) -> tuple[torch.Tensor, torch.Tensor]:
         """One random real subset of ipc images per class for each seed: images [S,ipc*K,C,H,W], labels [S,ipc*K]."""
@@ -432,10 +439,9 @@ def reference_results(splits: Splits, protocol: EvalProtocol, cache: Cache | Non
     evaluator = Evaluator(splits, protocol, cache, progress)
     out = []
     for name in evaluator.protocol.models:
-        before = evaluator.fit_seconds
         start = time.perf_counter()
-        accuracies = evaluator.full_data_accuracy(name)
-        seconds = max(evaluator.fit_seconds - before, 0.0) or time.perf_counter() - start
+        accuracies, seconds = evaluator.full_data_run(name)
+        seconds = time.perf_counter() - start if seconds is None else seconds
         out.append(ReferenceResult("whole_dataset", name, evaluator.protocol.seeds, accuracies, seconds))
         log.info("whole dataset, %s (%s): %.2f ± %.2f %%", name, protocol.name, *[100 * v for v in mean_std(accuracies)])
     if protocol.label_source in TEACHER_SOURCES:

@@ -177,6 +177,17 @@ def test_reference_results_without_a_teacher_have_only_the_whole_dataset_rows(di
     assert [(r.kind, r.model, len(r.accuracies)) for r in results] == [("whole_dataset", "mlp", 2)]
 
 
+def test_a_whole_dataset_row_read_from_the_cache_says_what_its_training_took(digits_small, tmp_path):
+    """The second reference run reads the whole-dataset run from the cache: its row carries the seconds the
+    training took (stored with it), not the milliseconds of the cache read."""
+    proto = EvalProtocol.from_dict({"epochs": 1, "num_seeds": 2, "models": ["mlp"], "checkpoint_minutes": 0,
+                                    "model_kwargs": {"mlp": {"width": 8}}, "full_data": {"epochs": 40}})
+    first = reference_results(digits_small, proto, Cache(tmp_path))[0]
+    again = reference_results(digits_small, proto, Cache(tmp_path))[0]
+    assert again.accuracies == first.accuracies
+    assert again.seconds == first.seconds > 0.0
+
+
 def record(method, ipc, model, accs, reference=None, protocol="dc"):
     return make_record(run_id=f"{method}-{ipc}-{model}", method=method, dataset="digits", ipc=ipc, label_type="hard",
                        protocol=protocol, eval_model=model, accuracies=accs, seeds=list(range(len(accs))),
