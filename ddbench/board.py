@@ -47,17 +47,23 @@ class MethodEntry:
 
     def note_for(self, protocol: str) -> str:
         """The note rendered under `protocol`'s tables ('' for none)."""
-        return self.note.get(protocol, "") if isinstance(self.note, dict) else self.note
+        return note_for(self.note, protocol)
 
 
-def _note(value: Any, source: str, method: str) -> str | dict[str, str]:
-    """A method's note with YAML folding normalised: text, or protocol → text."""
+def _note(value: Any, source: str, owner: str) -> str | dict[str, str]:
+    """A note (a method's, or the board's reference_note; `owner` names it in errors) with YAML folding
+    normalised: text, or protocol → text."""
     if isinstance(value, dict):
         if not all(isinstance(v, str) for v in value.values()):
-            raise DDBenchError(f"board {source}: method {method!r} note must be a text or map protocols to texts, "
-                               f"e.g. note: {{dc: ...}}.")
+            raise DDBenchError(f"board {source}: {owner} must be a text or map protocols to texts, "
+                               f"e.g. {{dc: ...}}.")
         return {str(p): " ".join(text.split()) for p, text in value.items()}
     return " ".join(str(value or "").split())
+
+
+def note_for(note: str | dict[str, str], protocol: str) -> str:
+    """The part of a note rendered under `protocol`'s tables ('' for none)."""
+    return note.get(protocol, "") if isinstance(note, dict) else note
 
 
 @dataclass
@@ -86,6 +92,7 @@ class Board:
     cell_timeout: float | None = None  # seconds; a cell running longer is stopped and listed as failed
     cross_architecture: CrossArchitecture | None = None
     references: bool = True  # a reference cell per protocol: whole-dataset (and teacher) rows (ddbench-reference)
+    reference_note: str | dict[str, str] = ""  # on the reference rows: one text, or protocol → text
 
     def protocols_of(self, method: str) -> list[str]:
         """The protocols `method` runs on this board: its own list, else the board's."""
@@ -112,7 +119,7 @@ class Board:
                 overrides=[str(o) for o in entry.get("overrides") or []],
                 protocols=None if entry.get("protocols") is None else [str(p) for p in entry["protocols"]],
                 ipcs=None if entry.get("ipcs") is None else [int(i) for i in entry["ipcs"]],
-                note=_note(entry.get("note"), source, method),
+                note=_note(entry.get("note"), source, f"method {method!r} note"),
             )
         cross = data.get("cross_architecture")
         if cross is not None:
@@ -129,11 +136,12 @@ class Board:
         board.protocols = [str(p) for p in board.protocols]
         board.not_applicable = {str(m): {int(i): str(why) for i, why in (v or {}).items()}
                                 for m, v in (board.not_applicable or {}).items()}
-        for method, entry in board.methods.items():
-            runs = board.protocols_of(method)
-            stray = sorted(set(entry.note) - set(runs)) if isinstance(entry.note, dict) else []
+        board.reference_note = _note(board.reference_note, source, "reference_note")
+        owners = [(f"method {m!r}", entry.note, board.protocols_of(m)) for m, entry in board.methods.items()]
+        for owner, note, runs in owners + [("reference_note", board.reference_note, board.protocols)]:
+            stray = sorted(set(note) - set(runs)) if isinstance(note, dict) else []
             if stray:
-                raise DDBenchError(f"board {source}: method {method!r} has a note for protocol(s) {stray} it does not "
+                raise DDBenchError(f"board {source}: {owner} has a note for protocol(s) {stray} it does not "
                                    f"run (its protocols: {runs}); key the note by one of those.")
         return board
 
@@ -705,6 +713,7 @@ def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> li
     """Write `<out_dir>/README.md` (Markdown tables) and `<out_dir>/index.html` (+ PNG plots) from `records`."""
     from ddbench.records import leaderboard_frame, reference_frame, render_markdown
     from ddbench.records.html import html_report
+    from ddbench.records.leaderboard import REFERENCE_ROWS
     from ddbench.utils import atomic_write_bytes
 
     out = Path(out_dir)
@@ -723,6 +732,8 @@ def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> li
         notes.update({(board.dataset, protocol, method): entry.note_for(protocol)
                       for method, entry in board.methods.items() for protocol in board.protocols_of(method)
                       if entry.note_for(protocol)})
+        notes.update({(board.dataset, protocol, REFERENCE_ROWS): note_for(board.reference_note, protocol)
+                      for protocol in board.protocols if note_for(board.reference_note, protocol)})
         cross.update(planned_cross(board))
     frame, references = leaderboard_frame(records), reference_frame(records)
     tables = render_markdown(frame, not_applicable, title="## Tables", references=references, notes=notes,

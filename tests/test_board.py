@@ -488,3 +488,27 @@ def test_a_cross_architecture_cell_is_estimated_from_its_own_method_scaled_by_th
     assert estimate_seconds(dm_alexnet, [dm, random, random_alexnet], todo) == pytest.approx(50.0 * 4.0 * 3)
     # dm has not run anywhere: the mean of the finished AlexNet cells (80 s evaluation + 1 s distillation)
     assert estimate_seconds(dm_alexnet, [random, random_alexnet], todo) == pytest.approx(81.0)
+
+
+def test_a_reference_note_renders_under_its_protocols_table_when_the_section_has_reference_rows(tmp_path):
+    """The digits board's note on its dc whole-dataset rows (seeds with equal counts) prints under the dc table,
+    after the methods' notes, in Markdown and HTML, once the section has reference rows, and never under kd."""
+    digits = load_board("digits")
+    text_dc = digits.reference_note["dc"]
+    by_label = {c.label: c for c in cells(digits)[0]}
+    runs = [fake_record(by_label["datm ipc10 dc"].id, method="datm", ipc=10),
+            fake_record(by_label["datm ipc10 kd"].id, method="datm", ipc=10, protocol="kd")]
+    render_leaderboard(runs, tmp_path / "bare")
+    assert "- reference rows:" not in (tmp_path / "bare" / "README.md").read_text()  # no reference rows yet
+    whole = [fake_record(by_label["reference dc convnet"].id, model=m) for m in ("convnet", "vgg11")]
+    whole += [fake_record(by_label["reference kd convnet"].id, protocol="kd")]
+    for r in whole:
+        r.update(reference="whole_dataset", method="whole dataset", ipc=None)
+    render_leaderboard(runs + whole, tmp_path / "site")
+    dc, kd = (tmp_path / "site" / "README.md").read_text().split("protocol `kd`")
+    assert f"- reference rows: {text_dc}" in dc and "- reference rows:" not in kd
+    assert dc.index("- datm:") < dc.index("- reference rows:")
+    assert (tmp_path / "site" / "index.html").read_text().count("<li><b>reference rows</b>") == 1
+    with pytest.raises(DDBenchError, match=r"reference_note has a note for protocol\(s\) \['kd'\] it does not run"):
+        small_board(reference_note={"kd": "x"})
+    assert small_board(reference_note="one   text").reference_note == "one text"

@@ -373,8 +373,7 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         refs = section_references(references, dataset, protocol)
         parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na, refs, model,
                                        (ipcs or {}).get((dataset, protocol), ())))
-        shown = set(primary["method"])
-        setting = [(m, n) for m, n in section_notes(notes, dataset, protocol).items() if m in shown]
+        setting = section_notes(notes, dataset, protocol, primary["method"], not refs.empty)
         if setting:
             parts.append('<ul class="meta">' + "".join(f"<li><b>{html.escape(m)}</b>: {inline_code(n)}</li>"
                                                        for m, n in setting) + "</ul>")

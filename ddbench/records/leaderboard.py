@@ -155,9 +155,19 @@ def section_references(references: pd.DataFrame | None, dataset: str, protocol: 
     return references[(references["dataset"] == dataset) & (references["protocol"] == protocol)]
 
 
-def section_notes(notes: dict[tuple[str, str, str], str] | None, dataset: str, protocol: str) -> dict[str, str]:
-    """method → a board's note, for the tables of one (dataset, protocol) section."""
-    return {m: n for (d, p, m), n in sorted((notes or {}).items()) if (d, p) == (dataset, protocol)}
+REFERENCE_ROWS = "reference rows"  # the notes key of a board's note on a section's whole-dataset and teacher rows
+
+
+def section_notes(notes: dict[tuple[str, str, str], str] | None, dataset: str, protocol: str,
+                  shown: Iterable[str], has_references: bool) -> list[tuple[str, str]]:
+    """(row, note) pairs under one (dataset, protocol) section's table: a board's notes on the `shown` methods,
+    by method, then its note on the reference rows when the section has them (key REFERENCE_ROWS)."""
+    mine = {m: n for (d, p, m), n in sorted((notes or {}).items()) if (d, p) == (dataset, protocol)}
+    wanted = set(shown)
+    out = [(m, n) for m, n in mine.items() if m in wanted and m != REFERENCE_ROWS]
+    if has_references and mine.get(REFERENCE_ROWS):
+        out.append((REFERENCE_ROWS, mine[REFERENCE_ROWS]))
+    return out
 
 
 def format_cell(mean: float, std: float, n_seeds: int) -> str:
@@ -196,7 +206,7 @@ def reference_label(r: Any) -> str:
 
 
 def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None,
-                references: pd.DataFrame | None = None, notes_by_method: dict[str, str] | None = None,
+                references: pd.DataFrame | None = None, row_notes: list[tuple[str, str]] | None = None,
                 planned_ipcs: Iterable[int] = ()) -> str:
     convnet = section[section["eval_model"].str.lower() == DEFAULT_EVAL_MODEL]
     if convnet.empty:
@@ -232,7 +242,7 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
     )
     shown = {m for m, _ in methods}
     notes = [f"n/a: {method} at IPC {ipc}: {why}" for (method, ipc), why in sorted(na.items()) if method in shown]
-    notes += [f"{method}: {note}" for method, note in sorted((notes_by_method or {}).items()) if method in shown]
+    notes += [f"{row}: {note}" for row, note in row_notes or []]
     if refs:
         caption += (" Reference rows (the same at every IPC): `whole dataset` = the network trained on the whole real "
                     "train set with hard labels under this protocol's augmentation; `teacher` = the protocol's teacher "
@@ -333,7 +343,9 @@ def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, in
         parts.append(f"## {_escape(dataset)} · protocol {_code(protocol)}")
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
         refs = section_references(references, dataset, protocol)
-        parts.append(_main_table(section, na, refs, section_notes(notes, dataset, protocol),
+        convnet = section[section["eval_model"].str.lower() == DEFAULT_EVAL_MODEL]
+        parts.append(_main_table(section, na, refs, section_notes(notes, dataset, protocol, convnet["method"],
+                                                                  not refs.empty),
                                  (ipcs or {}).get((dataset, protocol), ())))
         cross_table = _cross_table(section, refs, (cross or {}).get((dataset, protocol)))
         if cross_table is not None:
