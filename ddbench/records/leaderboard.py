@@ -206,7 +206,7 @@ def reference_label(r: Any) -> str:
 
 
 def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str] | None = None,
-                references: pd.DataFrame | None = None, row_notes: list[tuple[str, str]] | None = None,
+                references: pd.DataFrame | None = None, notes: dict[tuple[str, str, str], str] | None = None,
                 planned_ipcs: Iterable[int] = ()) -> str:
     convnet = section[section["eval_model"].str.lower() == DEFAULT_EVAL_MODEL]
     if convnet.empty:
@@ -241,15 +241,17 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
         "mean ± std (population, ddof=0) over all seeds of all runs; n = seeds; — = not run yet."
     )
     shown = {m for m, _ in methods}
-    notes = [f"n/a: {method} at IPC {ipc}: {why}" for (method, ipc), why in sorted(na.items()) if method in shown]
-    notes += [f"{row}: {note}" for row, note in row_notes or []]
+    dataset, protocol = section["dataset"].iloc[0], section["protocol"].iloc[0]
+    lines = [f"n/a: {method} at IPC {ipc}: {why}" for (method, ipc), why in sorted(na.items()) if method in shown]
+    has_references = references is not None and not references.empty
+    lines += [f"{row}: {note}" for row, note in section_notes(notes, dataset, protocol, shown, has_references)]
     if refs:
         caption += (" Reference rows (the same at every IPC): `whole dataset` = the network trained on the whole real "
                     "train set with hard labels under this protocol's augmentation; `teacher` = the protocol's teacher "
                     "on the test set (it labels the students' batches).")
     text = caption + "\n\n" + _table(header, rows, n_labels=2)
-    if notes:
-        text += "\n\n" + "\n".join(f"- {_escape(n)}" for n in notes)
+    if lines:
+        text += "\n\n" + "\n".join(f"- {_escape(n)}" for n in lines)
     text += "\n\nSeconds per cell (distill + evaluate, mean over runs):\n\n" + _table(header, time_rows, n_labels=2)
     if convnet["distill_reused"].any():
         text += (f"\n\n{REUSED_MARK} the set was distilled once for this method's cells of several protocols "
@@ -326,7 +328,8 @@ def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, in
                     cross: dict[tuple[str, str], tuple[list[str], list[int]]] | None = None,
                     ipcs: dict[tuple[str, str], list[int]] | None = None) -> str:
     """Per (dataset, protocol): a method × IPC table on ConvNet (with seconds per cell and the reference rows),
-    then a cross-architecture table where it has more than one evaluation model. not_applicable: (dataset, method, ipc) → why that cell is invalid (shown as
+    then a cross-architecture table where it has more than one evaluation model. not_applicable: (dataset, method,
+    ipc) → why that cell is invalid (shown as
     n/a); references: reference_frame() of the same records; notes: (dataset, protocol, method) → a board's note
     on the method's setting, listed under that protocol's table; cross: (dataset, protocol) → the (models, ipcs) a
     board evaluates it on, shown as columns and rows before their records exist; ipcs: (dataset, protocol) → the
@@ -343,10 +346,7 @@ def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, in
         parts.append(f"## {_escape(dataset)} · protocol {_code(protocol)}")
         na = {(m, ipc): why for (d, m, ipc), why in (not_applicable or {}).items() if d == dataset}
         refs = section_references(references, dataset, protocol)
-        convnet = section[section["eval_model"].str.lower() == DEFAULT_EVAL_MODEL]
-        parts.append(_main_table(section, na, refs, section_notes(notes, dataset, protocol, convnet["method"],
-                                                                  not refs.empty),
-                                 (ipcs or {}).get((dataset, protocol), ())))
+        parts.append(_main_table(section, na, refs, notes, (ipcs or {}).get((dataset, protocol), ())))
         cross_table = _cross_table(section, refs, (cross or {}).get((dataset, protocol)))
         if cross_table is not None:
             parts.append(cross_table)
