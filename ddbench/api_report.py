@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ddbench.evaluation import EvalResult
 
 FRAME_COLUMNS = ["dataset", "protocol", "label_type", "ipc", "model", "mean", "std", "n_seeds", "seeds",
-                 "accuracies", "lr", "lr_source", "eval_seconds"]
+                 "accuracies", "lr", "lr_source", "eval_seconds", "score_seconds"]
 SEED_COLUMNS = ["dataset", "protocol", "label_type", "ipc", "model", "seed", "accuracy", "lr"]
 
 
@@ -90,7 +90,8 @@ class EvalReport:
             score_names += [name for name in r.scores if name not in score_names]
             rows.append(base | {"model": r.model, "mean": r.mean, "std": r.std, "n_seeds": len(r.accuracies),
                                 "seeds": list(r.seeds), "accuracies": list(r.accuracies), "lr": r.lr,
-                                "lr_source": r.lr_source, "eval_seconds": r.seconds} | dict(r.scores))
+                                "lr_source": r.lr_source, "eval_seconds": r.seconds,
+                                "score_seconds": r.score_seconds} | dict(r.scores))
         return pd.DataFrame(rows, columns=FRAME_COLUMNS + score_names)
 
     def summary(self) -> str:

@@ -351,16 +351,22 @@ def finished_cells(records: list[dict[str, Any]]) -> dict[str, set[str]]:
     return done
 
 
+def evaluation_seconds(record: dict[str, Any]) -> float:
+    """A record's evaluation seconds with the training runs behind its fair scores (`score_seconds`, where the
+    record measured them)."""
+    return float(record["eval_seconds"]) + float(record.get("score_seconds") or 0.0)
+
+
 def cell_parts(records: list[dict[str, Any]], cell_id: str) -> tuple[float, float]:
-    """(distill, eval) seconds of a finished cell: the eval seconds of all its architectures; no distill seconds
-    when it reused a set another cell distilled."""
+    """(distill, eval) seconds of a finished cell: the evaluation seconds (`evaluation_seconds`) of all its
+    architectures; no distill seconds when it reused a set another cell distilled."""
     mine = [r for r in records if record_cell(r) == cell_id]
     distilled = [float(r.get("distill_seconds") or 0.0) for r in mine if not r.get("distill_reused")]
-    return max(distilled, default=0.0), float(sum(r["eval_seconds"] for r in mine))
+    return max(distilled, default=0.0), sum(evaluation_seconds(r) for r in mine)
 
 
 def cell_seconds(records: list[dict[str, Any]], cell_id: str) -> float:
-    """Distill + eval seconds of a finished cell (see `cell_parts`)."""
+    """Distill + evaluation seconds of a finished cell (see `cell_parts`)."""
     return sum(cell_parts(records, cell_id))
 
 
@@ -409,7 +415,7 @@ def scaled_by_architecture(cell: Cell, records: list[dict[str, Any]], finished: 
     for r in records:
         method = ids.get(record_cell(r))
         if method is not None and r.get("seeds") and r.get("eval_seconds") is not None:
-            per_seed[(method, r["eval_model"])] = float(r["eval_seconds"]) / len(r["seeds"])
+            per_seed[(method, r["eval_model"])] = evaluation_seconds(r) / len(r["seeds"])
             seeds[(method, r["eval_model"])] = len(r["seeds"])
     estimates = []
     for (method, other), seconds in per_seed.items():
@@ -670,7 +676,8 @@ cell says how many).
 
 def board_summary(records: list[dict[str, Any]]) -> str:
     """A Markdown table of the known boards: cells with records, compute time, devices, the command."""
-    rows = ["| Board | Dataset | Cells with records | Compute (distill + eval) | Mean per cell | Device | Command |",
+    rows = ["| Board | Dataset | Cells with records | Compute (distill + eval + fair-score runs) | Mean per cell | Device "
+            "| Command |",
             "|:---|:---|---:|---:|---:|:---|:---|"]
     done = finished_cells(records)
     for name in available_boards():

@@ -49,6 +49,7 @@ class EvalResult:
     lr_source: str = "protocol"  # learned | grid | protocol
     teacher: dict[str, Any] | None = None  # {models, test_accuracy, train_accuracy} when a teacher made the targets
     batch_size: int | None = None  # the training batch the networks used
+    score_seconds: float = 0.0  # training seconds of the runs behind `scores` (see Evaluator.scores)
 
     @property
     def mean(self) -> float:
@@ -315,12 +316,21 @@ class Evaluator:
         return parts
 
     def scores(self, name: str, images: torch.Tensor, labels: torch.Tensor, mode: str, lr: float, lr_source: str,
-               syn: list[float], ipc: int) -> dict[str, float]:
+               syn: list[float], ipc: int) -> tuple[dict[str, float], float]:
+        """(the protocol's fair scores of `name`, the training seconds of the runs behind them). The seconds count
+        the runs of this set (syn_hard, syn_noaug) and the random-subset baselines this call trained; not the
+        whole-dataset run, which is the reference row's and reports its own, nor a baseline another run had cached
+        already (it was counted there)."""
         p = self.protocol
-        parts = {part: run() for part, run in self.score_parts(name, images, labels, mode, lr, lr_source, ipc).items()}
+        parts, seconds = {}, 0.0
+        for part, run in self.score_parts(name, images, labels, mode, lr, lr_source, ipc).items():
+            before = self.fit_seconds
+            parts[part] = run()
+            if part != "full_hard":
+                seconds += self.fit_seconds - before
         if {"hlr", "lrs"} & set(p.scores):
             parts.setdefault("syn_hard", syn)  # the run itself is the hard-label run
-        return seed_scores(p.scores, syn=syn, weight=p.score_weight, ars_weight=p.ars_weight, **parts)
+        return seed_scores(p.scores, syn=syn, weight=p.score_weight, ars_weight=p.ars_weight, **parts), seconds
 
     # ----------------------------------------------------------------------------------- evaluation
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, learned_lr: torch.Tensor | None,
@@ -344,10 +354,10 @@ class Evaluator:
             log.info("eval %s (%s, %s labels): %.2f ± %.2f %% over %d seeds (%.1f s)", name, protocol.name, label_type,
                      100 * result.mean, 100 * result.std, len(accuracies), seconds)
             if protocol.scores:
-                start = time.perf_counter()
-                result.scores = self.scores(name, images, labels, mode, lr, lr_source, accuracies, ipc)
-                log.info("scores %s: %s (%.1f s)", name, ", ".join(
-                    f"{k} {result.scores[k]:.4f}" for k in protocol.scores), time.perf_counter() - start)
+                result.scores, result.score_seconds = self.scores(name, images, labels, mode, lr, lr_source,
+                                                                  accuracies, ipc)
+                log.info("scores %s: %s (%.1f s of training)", name, ", ".join(
+                    f"{k} {result.scores[k]:.4f}" for k in protocol.scores), result.score_seconds)
             if uses_teacher:
                 self.warn_weak_teacher(name, result.scores.get("acc_full_hard"))
             results.append(result)

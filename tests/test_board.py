@@ -318,6 +318,21 @@ def test_a_shared_distillation_is_marked_in_the_seconds_table(tmp_path):
     assert "shared with another protocol&#x27;s cell" in (tmp_path / "index.html").read_text()
 
 
+def test_the_fair_scores_training_runs_count_in_a_cells_seconds_and_the_compute_total(tmp_path):
+    from ddbench.board import board_summary, cell_seconds
+
+    board = load_board("digits")
+    todo, _ = cells(board)
+    scored = dict(fake_record(todo[0].id), score_seconds=30.0)
+    assert cell_seconds([scored], todo[0].id) == 1.0 + 2.0 + 30.0
+    assert "| 33 s |" in board_summary([scored])
+    render_leaderboard([scored], tmp_path)
+    assert "| 1 + 2 + 30 |" in (tmp_path / "README.md").read_text()
+    assert "fair-score runs 30.0 s" in (tmp_path / "index.html").read_text()
+    render_leaderboard([fake_record(todo[0].id)], tmp_path)  # a record that did not measure them
+    assert "| 1 + 2 |" in (tmp_path / "README.md").read_text()
+
+
 def test_a_cell_past_its_timeout_gets_sigterm_first_so_it_can_save_a_checkpoint(tmp_path, monkeypatch):
     import ddbench.board as board_mod
 

@@ -84,6 +84,7 @@ def test_ddbench_run_kd_smoke_writes_a_soft_kd_record(tmp_path, shared_cache):
     record = json.loads(records[0].read_text())
     assert record["protocol"] == "kd" and record["label_type"] == "soft" and record["eval_model"] == "convnet"
     assert {"hlr", "ior", "lrs"} <= set(record["scores"]) and 0 <= record["scores"]["lrs"] <= 1
+    assert record["score_seconds"] > 0  # HLR's hard-label run of this set, at least
     assert "| kd | convnet | soft labels |" in done.stdout
     assert list((shared_cache / "teachers").glob("*.safetensors")), "the teacher goes to the cache"
 

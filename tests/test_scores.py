@@ -129,6 +129,39 @@ def test_scores_end_to_end_use_cached_baselines(digits_small, tmp_path, monkeypa
     assert record["scores"]["lrs"] == s["lrs"]
 
 
+def test_score_seconds_count_this_sets_score_runs_and_new_baselines_not_the_whole_dataset_run(digits_small, tmp_path,
+                                                                                              monkeypatch):
+    rows = digits_small.train.sample_per_class(2, make_generator(1)).flatten()
+    x, y = digits_small.train.images[rows], digits_small.train.labels[rows]
+    proto = _tiny_protocol()
+    cache = Cache(tmp_path / "cache")
+    took: list[tuple[str, float]] = []  # (which run, the seconds it added)
+    original_fit = Evaluator.fit
+
+    def timed_fit(self, protocol, name, images, *args, **kwargs):
+        before = self.fit_seconds
+        out = original_fit(self, protocol, name, images, *args, **kwargs)
+        which = ("full" if len(images) == len(digits_small.train) else "random" if images.dim() == 5
+                 else "noaug" if protocol.augment in (None, "none") else "main")
+        took.append((which, self.fit_seconds - before))
+        return out
+
+    monkeypatch.setattr(Evaluator, "fit", timed_fit)
+    first = evaluate_synthetic(x, y, digits_small, proto, cache=cache, ipc=2)[0]
+    assert sorted(w for w, _ in took) == ["full", "main", "noaug", "random", "random"]
+    assert first.seconds == pytest.approx(sum(t for w, t in took if w == "main"))
+    # the random baselines this call trained and the set's own no-augmentation run; not the whole-dataset run
+    assert first.score_seconds == pytest.approx(sum(t for w, t in took if w in ("random", "noaug")))
+    assert first.score_seconds > 0
+    noaug = sum(t for w, t in took if w == "noaug")
+    took.clear()
+    again = evaluate_synthetic(x, y, digits_small, proto, cache=cache, ipc=2)[0]
+    # the baselines come from the cache (another cell paid for them); the set's own run counts its cached seconds
+    assert again.score_seconds == pytest.approx(noaug)
+    plain = evaluate_synthetic(x, y, digits_small, _tiny_protocol(scores=[]), cache=cache, ipc=2)[0]
+    assert plain.score_seconds == 0.0 and plain.scores == {}
+
+
 def test_random_subsets_are_per_seed_and_method_independent(digits_small):
     ev = Evaluator(digits_small, _tiny_protocol())
     a_images, a_labels = ev.random_subsets(3, [0, 1], digits_small.train)

@@ -176,6 +176,8 @@ def _provenance(r: Any) -> str:
                                                              if getattr(r, "distill_reused", False) else ""))
     if _finite(r.eval_seconds):
         parts.append(f"eval {r.eval_seconds:.1f} s")
+    if _finite(r.score_seconds) and r.score_seconds > 0:
+        parts.append(f"fair-score runs {r.score_seconds:.1f} s")
     parts.append(f"commit {r.git_commit or 'unknown'}")
     parts.append(f"command: {r.command or 'unknown'}")
     return " · ".join(parts)
@@ -232,8 +234,10 @@ def _detail_table(table_id: str, rows: pd.DataFrame) -> str:
                _Col("mean", "Accuracy (%)"), _Col("std", "± std (%)"), _Col("n_seeds", "Seeds")]
     present_scores = [s for s in SCORE_COLUMNS if rows[s].notna().any()]
     columns += [_Col(s, s.upper()) for s in present_scores]
-    columns += [_Col("distill_seconds", "Distill (s)"), _Col("eval_seconds", "Eval (s)"),
-                _Col("peak_gpu_memory_bytes", "Peak GPU (GiB)"), _Col("peak_cpu_memory_bytes", "Peak CPU (GiB)"),
+    timed_scores = bool((rows["score_seconds"] > 0).any())
+    columns += [_Col("distill_seconds", "Distill (s)"), _Col("eval_seconds", "Eval (s)")]
+    columns += [_Col("score_seconds", "Scores (s)")] if timed_scores else []
+    columns += [_Col("peak_gpu_memory_bytes", "Peak GPU (GiB)"), _Col("peak_cpu_memory_bytes", "Peak CPU (GiB)"),
                 _Col("n_runs", "Runs"), _Col("git_commit", "Commit", "text")]
     out = []
     for r in rows.sort_values(["ipc", "mean"], ascending=[True, False], kind="stable").itertuples():
@@ -245,8 +249,10 @@ def _detail_table(table_id: str, rows: pd.DataFrame) -> str:
             value = getattr(r, s)
             cells.append(_cell(value, "num", f"{value:.4f}" if _finite(value) else None))
         cells += [_cell(r.distill_seconds, "num", f"{r.distill_seconds:.1f}" if _finite(r.distill_seconds) else None),
-                  _cell(r.eval_seconds, "num", f"{r.eval_seconds:.1f}" if _finite(r.eval_seconds) else None),
-                  _gib_cell(r.peak_gpu_memory_bytes), _gib_cell(r.peak_cpu_memory_bytes),
+                  _cell(r.eval_seconds, "num", f"{r.eval_seconds:.1f}" if _finite(r.eval_seconds) else None)]
+        if timed_scores:
+            cells.append(_cell(r.score_seconds, "num", f"{r.score_seconds:.1f}" if _finite(r.score_seconds) else None))
+        cells += [_gib_cell(r.peak_gpu_memory_bytes), _gib_cell(r.peak_cpu_memory_bytes),
                   _cell(r.n_runs, "num", str(int(r.n_runs))), _cell(str(r.git_commit or "")[:10], "text")]
         out.append(cells)
     return _table(table_id, columns, out)

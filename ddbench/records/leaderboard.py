@@ -28,6 +28,7 @@ COLUMNS = CELL_KEYS + [
     "distill_seconds",  # mean over runs that report it; NaN when none do
     "distill_reused",  # every run took its set from an earlier run's distillation (its seconds are that run's)
     "eval_seconds",
+    "score_seconds",  # training the runs behind the fair scores: mean over runs that report it; NaN when none do
     "peak_gpu_memory_bytes",  # largest over runs that report it; NaN when none do
     "peak_cpu_memory_bytes",  # largest max RSS over runs that report it; NaN when none do
     "git_commit",  # of the newest record
@@ -105,6 +106,7 @@ def leaderboard_frame(records: Iterable[dict[str, Any]], include_shortened: bool
             distill_seconds=_mean_or_nan(r.get("distill_seconds") for r in group),
             distill_reused=all(bool(r.get("distill_reused")) for r in group),
             eval_seconds=_mean_or_nan(r.get("eval_seconds") for r in group),
+            score_seconds=_mean_or_nan(r.get("score_seconds") for r in group),
             peak_gpu_memory_bytes=_max_or_nan(r.get("peak_gpu_memory_bytes") for r in group),
             peak_cpu_memory_bytes=_max_or_nan(r.get("peak_cpu_memory_bytes") for r in group),
             git_commit=newest.get("git_commit"),
@@ -231,6 +233,7 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
     times = {
         (r.method, r.label_type, int(r.ipc)):
             _seconds(r.distill_seconds) + (REUSED_MARK if r.distill_reused else "") + " + " + _seconds(r.eval_seconds)
+            + (" + " + _seconds(r.score_seconds) if r.score_seconds > 0 else "")  # NaN: not measured
         for r in convnet.itertuples()
     }
     time_rows = [[method, labels] + [times.get((method, labels, ipc), MISSING_CELL) for ipc in ipcs]
@@ -252,7 +255,8 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
     text = caption + "\n\n" + _table(header, rows, n_labels=2)
     if lines:
         text += "\n\n" + "\n".join(f"- {_escape(n)}" for n in lines)
-    text += "\n\nSeconds per cell (distill + evaluate, mean over runs):\n\n" + _table(header, time_rows, n_labels=2)
+    text += ("\n\nSeconds per cell (distill + evaluate, + the fair scores' training runs where the records measured "
+             "them; mean over runs):\n\n" + _table(header, time_rows, n_labels=2))
     if convnet["distill_reused"].any():
         text += (f"\n\n{REUSED_MARK} the set was distilled once for this method's cells of several protocols "
                  "(`reuse_distilled`); the seconds are that distillation's, counted once in the compute total.")

@@ -49,6 +49,10 @@ SCHEMA: dict[str, Field] = {
     "std": Field((float,), True, "the population std (ddof=0) of accuracies (a fraction)"),
     "distill_seconds": Field((float, NoneType), True, "seconds spent distilling, a float >= 0, or null"),
     "eval_seconds": Field((float,), True, "seconds spent evaluating, a float >= 0"),
+    "score_seconds": Field(
+        (float, NoneType), False,
+        "seconds spent training the runs behind the fair scores (beyond eval_seconds), a float >= 0, or null",
+    ),
     "peak_gpu_memory_bytes": Field((int, NoneType), True, "peak GPU memory in bytes, an int >= 0, or null"),
     "peak_cpu_memory_bytes": Field((int, NoneType), False, "peak CPU memory (max RSS) of the run in bytes, or null"),
     "device": Field((str,), True, "a description of the device the run used"),
@@ -90,6 +94,7 @@ SCHEMA: dict[str, Field] = {
 OPTIONAL_DEFAULTS: dict[str, Any] = {
     "scores": {}, "command": None, "shortened": None, "peak_cpu_memory_bytes": None, "distill_reused": False,
     "teacher": None, "reference": None, "eval_batch_size": None, "source": None, "images_digest": None,
+    "score_seconds": None,
 }
 
 _NON_EMPTY = ("run_id", "method", "dataset", "protocol", "eval_model", "device", "config_hash")
@@ -183,11 +188,12 @@ def _check_values(rec: dict[str, Any], problems: list[str]) -> None:
         if accs is not None and len(seeds) != len(accs):
             bad("seeds", f"must have one seed per accuracy: {len(seeds)} seeds for {len(accs)} accuracies")
 
-    for name in ("mean", "std", "eval_seconds", "distill_seconds"):
+    for name in ("mean", "std", "eval_seconds", "distill_seconds", "score_seconds"):
         value = rec.get(name)
         if value is not None and not math.isfinite(value):
             bad(name, f"must be a finite number, got {value!r}")
-    for name in ("std", "eval_seconds", "distill_seconds", "peak_gpu_memory_bytes", "peak_cpu_memory_bytes"):
+    for name in ("std", "eval_seconds", "distill_seconds", "score_seconds", "peak_gpu_memory_bytes",
+                 "peak_cpu_memory_bytes"):
         value = rec.get(name)
         if value is not None and value < 0:
             bad(name, f"must be >= 0, got {value!r}")
