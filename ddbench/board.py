@@ -98,6 +98,12 @@ class Board:
         """The protocols `method` runs on this board: its own list, else the board's."""
         return self.methods[method].protocols or self.protocols
 
+    @property
+    def all_protocols(self) -> list[str]:
+        """Every protocol some method runs on this board (the board's, then methods' own), in order of appearance:
+        the sections of its tables, each with reference rows."""
+        return list(dict.fromkeys(self.protocols + [p for m in self.methods for p in self.protocols_of(m)]))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str) -> "Board":
         known = {f.name for f in dataclasses.fields(cls)}
@@ -138,7 +144,7 @@ class Board:
                                 for m, v in (board.not_applicable or {}).items()}
         board.reference_note = _note(board.reference_note, source, "reference_note")
         owners = [(f"method {m!r}", entry.note, board.protocols_of(m)) for m, entry in board.methods.items()]
-        for owner, note, runs in owners + [("reference_note", board.reference_note, board.protocols)]:
+        for owner, note, runs in owners + [("reference_note", board.reference_note, board.all_protocols)]:
             stray = sorted(set(note) - set(runs)) if isinstance(note, dict) else []
             if stray:
                 raise DDBenchError(f"board {source}: {owner} has a note for protocol(s) {stray} it does not "
@@ -740,7 +746,7 @@ def render_leaderboard(records: list[dict[str, Any]], out_dir: str | Path) -> li
                       for method, entry in board.methods.items() for protocol in board.protocols_of(method)
                       if entry.note_for(protocol)})
         notes.update({(board.dataset, protocol, REFERENCE_ROWS): note_for(board.reference_note, protocol)
-                      for protocol in board.protocols if note_for(board.reference_note, protocol)})
+                      for protocol in board.all_protocols if note_for(board.reference_note, protocol)})
         cross.update(planned_cross(board))
     frame, references = leaderboard_frame(records), reference_frame(records)
     tables = render_markdown(frame, not_applicable, title="## Tables", references=references, notes=notes,

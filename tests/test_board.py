@@ -506,10 +506,11 @@ def test_a_cross_architecture_cell_is_estimated_from_its_own_method_scaled_by_th
 
 
 def test_a_reference_note_renders_under_its_protocols_table_when_the_section_has_reference_rows(tmp_path):
-    """The digits board's note on its dc whole-dataset rows (seeds with equal counts) prints under the dc table,
-    after the methods' notes, in Markdown and HTML, once the section has reference rows, and never under kd."""
+    """The digits board's notes on its reference rows print under their own protocol's table (dc: a board
+    protocol; kd: only some methods run it), after the methods' notes, in Markdown and HTML, once the section has
+    reference rows."""
     digits = load_board("digits")
-    text_dc = digits.reference_note["dc"]
+    text_dc, text_kd = digits.reference_note["dc"], digits.reference_note["kd"]
     by_label = {c.label: c for c in cells(digits)[0]}
     runs = [fake_record(by_label["datm ipc10 dc"].id, method="datm", ipc=10),
             fake_record(by_label["datm ipc10 kd"].id, method="datm", ipc=10, protocol="kd")]
@@ -521,9 +522,11 @@ def test_a_reference_note_renders_under_its_protocols_table_when_the_section_has
         r.update(reference="whole_dataset", method="whole dataset", ipc=None)
     render_leaderboard(runs + whole, tmp_path / "site")
     dc, kd = (tmp_path / "site" / "README.md").read_text().split("protocol `kd`")
-    assert f"- reference rows: {text_dc}" in dc and "- reference rows:" not in kd
+    assert f"- reference rows: {text_dc}" in dc and text_kd not in dc
+    assert f"- reference rows: {text_kd}" in kd and text_dc not in kd
     assert dc.index("- datm:") < dc.index("- reference rows:")
-    assert (tmp_path / "site" / "index.html").read_text().count("<li><b>reference rows</b>") == 1
-    with pytest.raises(DDBenchError, match=r"reference_note has a note for protocol\(s\) \['kd'\] it does not run"):
-        small_board(reference_note={"kd": "x"})
+    assert (tmp_path / "site" / "index.html").read_text().count("<li><b>reference rows</b>") == 2
+    assert small_board(reference_note={"kd": "x"}).reference_note == {"kd": "x"}  # dm runs kd
+    with pytest.raises(DDBenchError, match=r"reference_note has a note for protocol\(s\) \['infer'\] it does not run"):
+        small_board(reference_note={"infer": "x"})
     assert small_board(reference_note="one   text").reference_note == "one text"
