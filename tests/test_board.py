@@ -328,9 +328,11 @@ def test_the_fair_scores_training_runs_count_in_a_cells_seconds_and_the_compute_
     assert "| 33 s |" in board_summary([scored])
     render_leaderboard([scored], tmp_path)
     assert "| 1 + 2 + 30 |" in (tmp_path / "README.md").read_text()
-    assert "fair-score runs 30.0 s" in (tmp_path / "index.html").read_text()
+    page = (tmp_path / "index.html").read_text()
+    assert "fair-score runs 30.0 s" in page and ">Scores (s)</th>" in page and ">30.0</td>" in page
     render_leaderboard([fake_record(todo[0].id)], tmp_path)  # a record that did not measure them
     assert "| 1 + 2 |" in (tmp_path / "README.md").read_text()
+    assert "Scores (s)" not in (tmp_path / "index.html").read_text()
 
 
 def test_a_cell_past_its_timeout_gets_sigterm_first_so_it_can_save_a_checkpoint(tmp_path, monkeypatch):
