@@ -240,6 +240,30 @@ def test_reference_rows_and_a_partial_cross_architecture_table_render():
     assert "70.00 ± 0.00 (n=1)" in page
 
 
+def test_runs_relabelled_by_another_teacher_never_pool_with_the_current_ones():
+    def kd(method, accs, teacher_accuracy, created, reference=None):
+        r = record(method, None if reference else 50, "convnet", accs, reference, protocol="kd")
+        r.update(teacher={"models": ["convnet"], "test_accuracy": teacher_accuracy, "epochs": 100}, created=created,
+                 run_id=f"{method}-{created}")
+        return r
+
+    old, new = 0.9722, 0.9889
+    records = [kd("random", [0.976, 0.978], old, "2026-12-06T10:00:00+00:00"),
+               kd("random", [0.984, 0.986], new, "2026-12-06T16:00:00+00:00"),
+               kd("random", [0.985], new, "2026-12-06T17:00:00+00:00"),
+               kd("datm", [0.976], old, "2026-12-06T10:00:00+00:00"),  # no newer run yet: its own teacher stands
+               kd("teacher", [old], old, "2026-12-06T10:00:00+00:00", "teacher"),
+               kd("teacher", [new], new, "2026-12-06T16:00:00+00:00", "teacher")]
+    records[1]["teacher"]["epochs"] = records[2]["teacher"]["epochs"] = records[5]["teacher"]["epochs"] = 200
+    frame, refs = leaderboard_frame(records), reference_frame(records)
+    rows = {r.method: (r.n_seeds, round(r.mean, 4)) for r in frame.itertuples()}
+    assert rows == {"random": (3, 0.985), "random [earlier teacher, 97.22 %]": (2, 0.977), "datm": (1, 0.976)}
+    assert sorted(refs["method"]) == ["teacher", "teacher [earlier teacher, 97.22 %]"]
+    assert float(refs[refs["method"] == "teacher"]["mean"].iloc[0]) == pytest.approx(new)
+    text = render_markdown(frame, references=refs)
+    assert "| random [earlier teacher, 97.22 %] | hard | 97.70 ± 0.10 (n=2) |" in text
+
+
 def test_cross_architecture_cells_share_the_set_and_stay_on_the_board():
     board = Board.from_dict({
         "name": "x", "dataset": "digits", "ipcs": [1, 10], "eval_models": ["convnet"],

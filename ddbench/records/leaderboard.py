@@ -3,14 +3,16 @@
 A leaderboard cell is one (dataset, protocol, label_type, method, ipc, eval_model).
 All records of a cell pool their per-seed accuracies: the cell's mean and std
 (population std, ddof=0) are taken over that pooled list, so two runs with five
-seeds each give one cell with n=10.
+seeds each give one cell with n=10. Records relabelled by another teacher than the cell's newest record (a
+protocol's teacher recipe changed) do not pool: they show as their own row, `method [earlier teacher, A %]`.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -77,19 +79,43 @@ def shown_method(record: dict[str, Any]) -> str:
     return f"{record['method']} [{shortened}]" if shortened else record["method"]
 
 
+def _teacher_of(record: dict[str, Any]) -> str | None:
+    """The teacher a record was relabelled by (its `teacher` summary, as one comparable string), or None."""
+    teacher = record.get("teacher")
+    return json.dumps(teacher, sort_keys=True, default=str) if teacher else None
+
+
+def labelled_by_teacher(records: list[dict[str, Any]], cell: Callable[[dict[str, Any]], tuple]) -> list[str]:
+    """Each record's shown method, with `[earlier teacher, A %]` added where the record's teacher differs from that
+    of the newest record of its cell (`cell(record)`): runs relabelled by different teachers never pool."""
+    newest: dict[tuple, dict[str, Any]] = {}
+    for record in records:
+        key, current = cell(record), newest.get(cell(record))
+        if current is None or (parse_time(record["created"]), str(record["run_id"])) > (
+                parse_time(current["created"]), str(current["run_id"])):
+            newest[key] = record
+    labels = []
+    for record in records:
+        label = shown_method(record)
+        if _teacher_of(record) != _teacher_of(newest[cell(record)]):
+            accuracy = (record.get("teacher") or {}).get("test_accuracy")
+            label += " [earlier teacher" + (f", {100 * float(accuracy):.2f} %]" if accuracy is not None else "]")
+        labels.append(label)
+    return labels
+
+
 def leaderboard_frame(records: Iterable[dict[str, Any]], include_shortened: bool = False) -> pd.DataFrame:
     """One row per (dataset, protocol, label_type, method, ipc, eval_model); see COLUMNS.
 
     Records of shortened runs (smoke=true, or a protocol's budget cut on the command line) are left out unless
     `include_shortened`, and then shown as their own rows, labelled `method [what was shortened]`.
     """
+    kept = [r for r in records if not (r.get("shortened") and not include_shortened)
+            and not r.get("reference")]  # whole-dataset and teacher rows: see reference_frame
+    labels = labelled_by_teacher(kept, lambda r: tuple(shown_method(r) if k == "method" else r[k] for k in CELL_KEYS))
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for record in records:
-        if record.get("shortened") and not include_shortened:
-            continue
-        if record.get("reference"):  # whole-dataset and teacher rows: see reference_frame
-            continue
-        key = tuple(shown_method(record) if k == "method" else record[k] for k in CELL_KEYS)
+    for record, label in zip(kept, labels):
+        key = tuple(label if k == "method" else record[k] for k in CELL_KEYS)
         groups.setdefault(key, []).append(record)
 
     rows = []
@@ -131,11 +157,12 @@ REFERENCE_ORDER = ("whole_dataset", "teacher")
 def reference_frame(records: Iterable[dict[str, Any]], include_shortened: bool = False) -> pd.DataFrame:
     """The reference rows (records with `reference` set, from ddbench-reference): one row per (dataset, protocol,
     reference, eval_model), seeds pooled over records like the method cells; see REFERENCE_COLUMNS."""
+    kept = [r for r in records if r.get("reference") and not (r.get("shortened") and not include_shortened)]
+    labels = labelled_by_teacher(kept, lambda r: (r["dataset"], r["protocol"], r["reference"], shown_method(r),
+                                                  r["eval_model"]))
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for record in records:
-        if not record.get("reference") or (record.get("shortened") and not include_shortened):
-            continue
-        key = (record["dataset"], record["protocol"], record["reference"], shown_method(record), record["eval_model"])
+    for record, label in zip(kept, labels):
+        key = (record["dataset"], record["protocol"], record["reference"], label, record["eval_model"])
         groups.setdefault(key, []).append(record)
     rows = []
     for (dataset, protocol, kind, method, model), group in groups.items():
