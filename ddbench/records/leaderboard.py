@@ -79,6 +79,11 @@ def shown_method(record: dict[str, Any]) -> str:
     return f"{record['method']} [{shortened}]" if shortened else record["method"]
 
 
+def _recency(record: dict[str, Any]) -> tuple:
+    """Orders records by creation (run id breaks ties): the newest record of a group is its max."""
+    return parse_time(record["created"]), str(record["run_id"])
+
+
 def _teacher_of(record: dict[str, Any]) -> str | None:
     """The teacher a record was relabelled by (its `teacher` summary, as one comparable string), or None."""
     teacher = record.get("teacher")
@@ -90,9 +95,8 @@ def labelled_by_teacher(records: list[dict[str, Any]], cell: Callable[[dict[str,
     of the newest record of its cell (`cell(record)`): runs relabelled by different teachers never pool."""
     newest: dict[tuple, dict[str, Any]] = {}
     for record in records:
-        key, current = cell(record), newest.get(cell(record))
-        if current is None or (parse_time(record["created"]), str(record["run_id"])) > (
-                parse_time(current["created"]), str(current["run_id"])):
+        key = cell(record)
+        if key not in newest or _recency(record) > _recency(newest[key]):
             newest[key] = record
     labels = []
     for record in records:
@@ -122,7 +126,7 @@ def leaderboard_frame(records: Iterable[dict[str, Any]], include_shortened: bool
     for key, group in groups.items():
         pooled = [float(a) for record in group for a in record["accuracies"]]
         mean, std = accuracy_stats(pooled)
-        newest = max(group, key=lambda r: (parse_time(r["created"]), str(r["run_id"])))
+        newest = max(group, key=_recency)
         row = dict(zip(CELL_KEYS, key))
         row.update(
             mean=mean,
@@ -168,7 +172,7 @@ def reference_frame(records: Iterable[dict[str, Any]], include_shortened: bool =
     for (dataset, protocol, kind, method, model), group in groups.items():
         pooled = [float(a) for record in group for a in record["accuracies"]]
         mean, std = accuracy_stats(pooled)
-        newest = max(group, key=lambda r: (parse_time(r["created"]), str(r["run_id"])))
+        newest = max(group, key=_recency)
         rows.append(dict(dataset=dataset, protocol=protocol, reference=kind, method=method, eval_model=model,
                          mean=mean, std=std, n_seeds=len(pooled), command=newest.get("command"),
                          git_commit=newest.get("git_commit")))
