@@ -166,7 +166,9 @@ class Evaluator:
                 found = self.cache.load(FITS, result_key, required=FIT_RESULT)  # trained by another process
                 if found is None:
                     checkpoint = Checkpointer(self.cache, key, every=1, resume="auto", generator=generator,
-                                              every_seconds=60 * protocol.checkpoint_minutes, unit="epoch")
+                                              every_seconds=60 * protocol.checkpoint_minutes, unit="epoch",
+                                              label=f"training {name} on {images.shape[-4]} images with {mode} labels "
+                                                    f"({len(protocol.seeds)} seeds)")
                     return self._train_and_test(protocol, nets, images, targets, mode, recipe, generator, split,
                                                 check, checkpoint, result_key)
         self.fit_seconds += float(found["seconds"])

@@ -120,6 +120,16 @@ def test_a_killed_evaluation_resumes_and_reports_the_same_accuracy_and_all_its_t
     assert checkpoints(cache.root) == []
 
 
+def test_a_long_evaluation_says_in_the_log_how_far_it_is(splits, tmp_path, caplog):
+    images, labels = synthetic(splits)
+    with caplog.at_level(logging.INFO, logger="ddbench"):
+        evaluate_synthetic(images, labels, splits, protocol(), cache=Cache(tmp_path))
+    lines = [r.getMessage() for r in caplog.records if "(checkpoint saved)" in r.getMessage()]
+    assert len(lines) == 5  # one per saved epoch; the last epoch ends the run instead
+    assert lines[0].startswith("training convnet on 20 images with hard labels (2 seeds): epoch 1 of 6 done in ")
+    assert "s left" in lines[-1]
+
+
 def test_a_checkpoint_of_another_run_is_not_resumed(splits, tmp_path, monkeypatch, caplog):
     images, labels = synthetic(splits)
     cache = Cache(tmp_path)

@@ -46,12 +46,12 @@ class Checkpointer:
     resume: 'auto' resumes from a checkpoint of the same key when there is one; 'true' also warns when there is
     none; 'false' starts over. unit: what `every` counts (iteration or epoch), for the log. generator: one
     generator or one per network. opts: objects with a `.buf` tensor (MomentumSGD); anything else is passed as
-    tensors.
+    tensors. label: what the loop trains, for a progress line in the log at each save (none when empty).
     """
 
     def __init__(self, cache: Cache, key: dict[str, Any], every: int, resume: Any,
                  generator: torch.Generator | Sequence[torch.Generator], global_rng: bool = False,
-                 every_seconds: float = 0.0, unit: str = "iteration"):
+                 every_seconds: float = 0.0, unit: str = "iteration", label: str = ""):
         self.cache, self.key, self.every = cache, key, int(every or 0)
         self.resume = str(resume).lower()
         self.generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
@@ -59,12 +59,14 @@ class Checkpointer:
         self.unit = unit  # what the loop counts, for the log: iteration | epoch
         self.started = self.last_save = time.perf_counter()
         self.prior_seconds = 0.0  # the time of earlier, interrupted parts
+        self.label, self.total, self.first = label, 0, 0  # first: the iteration this process started from
 
     @property
     def path(self):
         return self.cache.path(KIND, self.key)
 
     def due(self, done: int, total: int) -> bool:
+        self.total = total
         if not self.every or done >= total:
             return False
         if _stop["requested"]:
@@ -86,12 +88,23 @@ class Checkpointer:
             out["global_rng"] = torch.get_rng_state()
         self.cache.save(KIND, self.key, out)
         self.last_save = time.perf_counter()
+        if self.label:
+            self._log_progress(iteration, float(out["seconds"]))
         if _stop["requested"]:
             _stop["requested"] = False
             _running.clear()
             log.warning("saved a checkpoint at %s %d (%s) and stopped; run the same command again to continue",
                         self.unit, iteration, self.path)
             raise SystemExit(STOPPED_EXIT_CODE)
+
+    def _log_progress(self, iteration: int, seconds: float) -> None:
+        """One line per save: how far the loop is, the time it took so far and the time left at this part's pace."""
+        left = ""
+        if self.total > iteration > self.first:
+            pace = (time.perf_counter() - self.started) / (iteration - self.first)
+            left = f", about {pace * (self.total - iteration):.0f} s left"
+        log.info("%s: %s %d of %d done in %.0f s%s (checkpoint saved)", self.label, self.unit, iteration, self.total,
+                 seconds, left)
 
     def load(self, tensors: dict[str, Tensor | None], opts: dict[str, Any] | None, iterations: int
              ) -> tuple[int, dict[str, Tensor]]:
@@ -126,6 +139,7 @@ class Checkpointer:
         if self.global_rng:
             torch.set_rng_state(found["global_rng"])
         self.prior_seconds = float(found["seconds"]) if "seconds" in found else 0.0
+        self.first = done
         log.info("resuming from the checkpoint at %s %d (%s)", self.unit, done, path)
         return done, found
 
