@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from ddbench.training.checkpoint import STOPPED_EXIT_CODE
 from ddbench.utils import DDBenchError, stable_hash
 
 
@@ -472,7 +474,7 @@ def scaled_by_ipc(cell: Cell, records: list[dict[str, Any]], finished: list[Cell
 @dataclass
 class CellOutcome:
     cell: Cell
-    status: str  # done | skipped | failed
+    status: str  # done | skipped | failed | stopped (its run saved a checkpoint and stopped; it resumes)
     seconds: float = 0.0
     error: str = ""
 
@@ -496,6 +498,14 @@ def last_error(text: str) -> str:
 
 
 STOP_GRACE_SECONDS = 120.0  # how long a cell stopped at its timeout may take to save its checkpoint
+STOPPED_CODES = (STOPPED_EXIT_CODE, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)  # stopped by a signal
+
+
+def stop_note(text: str, why: str = "") -> str:
+    """What a stopped run's output says it left: `stopped at its checkpoint (epoch 228); run the board again ...`."""
+    saved = re.findall(r"saved a checkpoint at (\w+ \d+)", text)
+    where = f" at its checkpoint ({saved[-1]})" if saved else ""
+    return f"stopped{why}{where}; run the board again to continue it from its checkpoints and cached stages"
 
 
 def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: Iterable[str] = (),
@@ -510,6 +520,7 @@ def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: It
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    why = ""
     try:
         output, _ = proc.communicate(timeout=timeout)
         code = proc.returncode
@@ -520,15 +531,16 @@ def run_cell(cell: Cell, records: str | Path, output_root: str | Path, extra: It
         except subprocess.TimeoutExpired:
             proc.kill()
             output, _ = proc.communicate()
-        output = (output or "") + (f"\nerror: the cell ran longer than its timeout of {timeout:g} s and was stopped "
-                                   "(run the board again to continue it from its checkpoints).")
-        code = -1
+        output, code = output or "", STOPPED_EXIT_CODE
+        why = f" at its timeout ({format_seconds(timeout)})"
     seconds = time.perf_counter() - start
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
         suffix = ".helper.log" if helper else ".log"
         (log_dir / f"{cell.slug}{suffix}").write_text(
             " ".join(argv) + "\n\n" + output, encoding="utf-8")
+    if code in STOPPED_CODES:
+        return CellOutcome(cell, "stopped", seconds, stop_note(output, why))
     if code != 0:
         return CellOutcome(cell, "failed", seconds, last_error(output))
     return CellOutcome(cell, "done", seconds)
@@ -653,7 +665,7 @@ def run_board(
                     took.setdefault(cell.method, []).append(outcome.seconds)
                 left = [c for _, c in queue] + [c for _, c in running.values()]
                 eta = sum(expected(c) or outcome.seconds for c in left) / max(1, jobs)
-                state = "done" if outcome.status == "done" else f"FAILED: {outcome.error}"
+                state = {"done": "done", "stopped": outcome.error}.get(outcome.status, f"FAILED: {outcome.error}")
                 echo(f"[{number}/{len(pending)}] {cell.label}: {state} in {format_seconds(outcome.seconds)}; "
                      f"ETA {format_seconds(eta)} for {len(left)} more")
     return outcomes

@@ -260,6 +260,58 @@ def test_failed_cells_are_listed_and_write_no_record(tmp_path, capsys):
     assert not list((tmp_path / "records").rglob("*.json"))
 
 
+STAND_IN_RUN = """
+import signal, sys, time
+def stop(*_):
+    print("[W] saved a checkpoint at epoch 228 (/cache/x.safetensors) and stopped; run the same command again")
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+if sys.argv[1] == "stopped":
+    stop()
+if sys.argv[1] == "error":
+    print("error: boom")
+    sys.exit(1)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["stopped", "timeout", "error"])
+def test_a_cell_stopped_by_a_signal_or_its_timeout_is_reported_as_stopped_not_failed(how, tmp_path, monkeypatch):
+    """A run that saved its checkpoint and stopped (SIGTERM from outside, or the board's timeout) resumes when the
+    board runs again: it is `stopped`, with the epoch it reached; a run that exits with an error is `failed`."""
+    import ddbench.board as board_module
+
+    monkeypatch.setattr(board_module, "run_command", lambda script: [sys.executable, "-c", STAND_IN_RUN, how])
+    cell = cells(small_board())[0][0]
+    outcome = board_module.run_cell(cell, tmp_path / "records", tmp_path / "out",
+                                    timeout=3.0 if how == "timeout" else None, log_dir=tmp_path / "logs")
+    if how == "error":
+        assert (outcome.status, outcome.error) == ("failed", "error: boom")
+        return
+    assert outcome.status == "stopped" and outcome.seconds < 30  # SIGTERM first at the timeout: no kill after 120 s
+    assert "(epoch 228)" in outcome.error and "run the board again" in outcome.error
+    assert ("at its timeout (3 s)" in outcome.error) == (how == "timeout")
+    assert "saved a checkpoint at epoch 228" in (tmp_path / "logs" / f"{cell.slug}.log").read_text()
+
+
+def test_the_board_lists_stopped_cells_apart_from_failed_ones(tmp_path, capsys, monkeypatch):
+    import ddbench.cli.board as cli_module
+
+    def runner(cell, *args, **kwargs):
+        return CellOutcome(cell, "stopped", 5.0, "stopped at its checkpoint (epoch 3); run the board again")
+
+    monkeypatch.setattr(cli_module, "run_board", lambda board, records, **kw: [
+        runner(c) for c in cells(board)[0] if kw["only"](c)])
+    code = board_main(["digits", "--records", str(tmp_path / "records"), "--outputs", str(tmp_path / "out"),
+                       "--only", "method=random", "--only", "ipc=1", "--only", "protocol=dc", "--only", "kind=main",
+                       "--no-render"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "0 failed, 1 stopped (they resume)" in captured.out
+    assert "stopped cells (1; no records yet" in captured.err and "random ipc1 dc: stopped at its checkpoint" in captured.err
+    assert "failed cells" not in captured.err
+
+
 def test_cli_rejects_bad_filters(tmp_path, capsys):
     assert board_main(["digits", "--records", str(tmp_path), "--only", "colour=red", "--list"]) == 2
     assert "--only 'colour=red'" in capsys.readouterr().err
@@ -333,24 +385,6 @@ def test_the_fair_scores_training_runs_count_in_a_cells_seconds_and_the_compute_
     render_leaderboard([fake_record(todo[0].id)], tmp_path)  # a record that did not measure them
     assert "| 1 + 2 |" in (tmp_path / "README.md").read_text()
     assert "Scores (s)" not in (tmp_path / "index.html").read_text()
-
-
-def test_a_cell_past_its_timeout_gets_sigterm_first_so_it_can_save_a_checkpoint(tmp_path, monkeypatch):
-    import ddbench.board as board_mod
-
-    script = ("import signal, sys, time\n"
-              "def stop(*_):\n"
-              "    print('saved a checkpoint', flush=True); sys.exit(143)\n"
-              "signal.signal(signal.SIGTERM, stop)\n"
-              "print('ready', flush=True)\n"
-              "time.sleep(60)\n")
-    monkeypatch.setattr(board_mod, "run_command", lambda *name: [sys.executable, "-c", script])
-    cell = board_mod.cells(small_board())[0][0]
-    outcome = board_mod.run_cell(cell, tmp_path / "records", tmp_path / "out", timeout=3, log_dir=tmp_path / "logs")
-    assert outcome.status == "failed" and outcome.seconds < 30
-    assert "timeout" in outcome.error
-    (log,) = (tmp_path / "logs").iterdir()
-    assert "saved a checkpoint" in log.read_text()
 
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST not installed")

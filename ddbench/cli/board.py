@@ -141,20 +141,29 @@ def main(argv: list[str] | None = None) -> int:
                              log_dir=Path(args.outputs) / board.name / "logs", jobs=args.jobs)
         ran = [o for o in outcomes if o.status != "skipped"]
         failed = [o for o in outcomes if o.status == "failed"]
+        stopped = [o for o in outcomes if o.status == "stopped"]
         print(f"board {board.name}: {sum(o.status == 'done' for o in ran)} cell(s) run in "
               f"{format_seconds(sum(o.seconds for o in ran))}, {len(failed)} failed, "
-              f"{sum(o.status == 'skipped' for o in outcomes)} already had records")
+              + (f"{len(stopped)} stopped (they resume), " if stopped else "")
+              + f"{sum(o.status == 'skipped' for o in outcomes)} already had records")
         if not args.no_render:
             for path in render_leaderboard(read(), out_dir):
                 print(f"rendered {path}")
         if args.rehearse:
-            print(f"rehearsal of board {board.name}: {len(ran) - len(failed)} of {len(ran)} cell(s) passed in "
+            passed = sum(o.status == "done" for o in ran)
+            print(f"rehearsal of board {board.name}: {passed} of {len(ran)} cell(s) passed in "
                   f"{format_seconds(time.perf_counter() - started)} of wall time")
+        logs = Path(args.outputs) / board.name / "logs"
+        if stopped:
+            print(f"stopped cells ({len(stopped)}; no records yet; logs under {logs}):", file=sys.stderr)
+            for o in stopped:
+                print(f"  {o.cell.label}: {o.error}", file=sys.stderr)
         if failed:
-            print(f"failed cells ({len(failed)}; no records were written for them; logs under "
-                  f"{Path(args.outputs) / board.name / 'logs'}):", file=sys.stderr)
+            print(f"failed cells ({len(failed)}; no records were written for them; logs under {logs}):",
+                  file=sys.stderr)
             for o in failed:
                 print(f"  {o.cell.label}: {o.error}", file=sys.stderr)
+        if failed or stopped:
             return 1
     except DDBenchError as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
