@@ -308,7 +308,8 @@ def test_the_board_lists_stopped_cells_apart_from_failed_ones(tmp_path, capsys, 
     captured = capsys.readouterr()
     assert code == 1
     assert "0 failed, 1 stopped (they resume)" in captured.out
-    assert "stopped cells (1; no records yet" in captured.err and "random ipc1 dc: stopped at its checkpoint" in captured.err
+    assert "stopped cells (1; no records yet" in captured.err
+    assert "random ipc1 dc: stopped at its checkpoint" in captured.err
     assert "failed cells" not in captured.err
 
 
