@@ -264,6 +264,37 @@ def test_runs_relabelled_by_another_teacher_never_pool_with_the_current_ones():
     assert "| random [earlier teacher, 97.22 %] | hard | 97.70 ± 0.10 (n=2) |" in text
 
 
+def test_a_cell_relabelled_by_an_earlier_teacher_than_the_teacher_row_is_marked():
+    def kd(method, ipc, model, accs, teacher_accuracy, epochs, created, reference=None):
+        r = record(method, ipc, model, accs, reference, protocol="kd")
+        r.update(teacher={"models": ["convnet"], "test_accuracy": teacher_accuracy, "epochs": epochs},
+                 created=created, run_id=f"{method}-{ipc}-{model}-{created}")
+        return r
+
+    old, new = ("2026-12-04T10:00:00+00:00", 0.9722, 100), ("2026-12-06T16:00:00+00:00", 0.9889, 200)
+    records = [kd("random", 50, "convnet", [0.984], new[1], new[2], new[0]),
+               kd("infer", 50, "convnet", [0.978], old[1], old[2], old[0]),  # not rerun since the teacher changed
+               kd("infer", 10, "convnet", [0.974], new[1], new[2], new[0]),
+               kd("infer", 50, "alexnet", [0.950], old[1], old[2], old[0]),
+               kd("teacher", None, "convnet", [old[1]], old[1], old[2], old[0], "teacher"),
+               kd("teacher", None, "convnet", [new[1]], new[1], new[2], new[0], "teacher")]
+    frame, refs = leaderboard_frame(records), reference_frame(records)
+    text = render_markdown(frame, references=refs)
+    assert "| infer | hard | 97.40 ± 0.00 (n=1) | 97.80 ± 0.00 (n=1) ‡ |" in text
+    assert "| random | hard | — | 98.40 ± 0.00 (n=1) |" in text
+    assert "- ‡ relabelled by an earlier teacher than the `teacher` row (infer IPC 50: 97.22 %)" in text
+    cross = text.split("Cross-architecture")[1]
+    assert "| infer | hard | 50 | 97.80 ± 0.00 (n=1) ‡ | 95.00 ± 0.00 (n=1) ‡ |" in cross
+    assert "infer IPC 50 alexnet: 97.22 %" in cross
+    page, _ = html_report(frame, references=refs)
+    assert page.count("97.80 ± 0.00 ‡") == 1 and "relabelled by an earlier teacher (97.22 % on the test set)" in page
+    assert "97.40 ± 0.00 ‡" not in page
+    # the same teacher as the teacher row (here: equal summaries, another record): nothing is marked
+    rerun = records[:1] + [kd("infer", 50, "convnet", [0.979], new[1], new[2], "2026-12-06T18:00:00+00:00")] + \
+        records[2:3] + records[5:]
+    assert "‡" not in render_markdown(leaderboard_frame(rerun), references=reference_frame(rerun))
+
+
 def test_cross_architecture_cells_share_the_set_and_stay_on_the_board():
     board = Board.from_dict({
         "name": "x", "dataset": "digits", "ipcs": [1, 10], "eval_models": ["convnet"],

@@ -23,8 +23,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from ddbench.records.leaderboard import (
-    DEFAULT_EVAL_MODEL, SCORE_COLUMNS, _model_order, cross_rows, model_mean, reference_label, section_notes,
-    section_references, table_ipcs,
+    DEFAULT_EVAL_MODEL, EARLIER_TEACHER_MARK, SCORE_COLUMNS, _model_order, cross_rows, current_teacher,
+    earlier_teacher, earlier_teacher_line, model_mean, reference_label, section_notes, section_references, table_ipcs,
 )
 
 CSS = """
@@ -187,6 +187,18 @@ def _titled(cell: str, title: str) -> str:
     return cell.replace("<td", f'<td title="{html.escape(title)}"', 1)
 
 
+def _accuracy_cell(r: Any, text: str, teacher: str | None) -> str:
+    """A cell's accuracy `text` with its provenance on hover, marked when another teacher than the section's
+    `teacher` row relabelled it (see earlier_teacher)."""
+    earlier = earlier_teacher(r, teacher)
+    title = _provenance(r)
+    if earlier is not None:
+        text += " " + EARLIER_TEACHER_MARK
+        title = (f"relabelled by an earlier teacher ({earlier * 100:.2f} % on the test set) than the teacher row; "
+                 "not rerun since the protocol's teacher changed · " + title)
+    return _titled(_cell(r.mean * 100, "num", text), title)
+
+
 def _reference_cells(r: Any, n_columns: int) -> list[str]:
     """One reference row's number repeated over `n_columns` cells, with its provenance on hover."""
     text = f"{r.mean * 100:.2f} ± {r.std * 100:.2f}"
@@ -206,6 +218,7 @@ def _method_ipc_table(table_id: str, rows: pd.DataFrame, not_applicable: dict[tu
     columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text")]
     columns += [_Col(f"ipc{ipc}", f"IPC {ipc}") for ipc in ipcs]
     found = {(r.method, r.label_type, int(r.ipc)): r for r in rows.itertuples()}
+    teacher = current_teacher(references)
     keys = sorted({(r.method, r.label_type) for r in rows.itertuples()}, key=lambda k: (k[0].lower(), k[0], k[1]))
     out = []
     for method, labels in keys:
@@ -217,8 +230,7 @@ def _method_ipc_table(table_id: str, rows: pd.DataFrame, not_applicable: dict[tu
             elif r is None:
                 cells.append(_cell(None, "num"))
             else:
-                text = f"{r.mean * 100:.2f} ± {r.std * 100:.2f}"
-                cells.append(_titled(_cell(r.mean * 100, "num", text), _provenance(r)))
+                cells.append(_accuracy_cell(r, f"{r.mean * 100:.2f} ± {r.std * 100:.2f}", teacher))
         out.append(cells)
     for r in ([] if references is None else references.itertuples()):
         if r.reference == "whole_dataset" and r.eval_model != model:
@@ -268,14 +280,14 @@ def _cross_table(table_id: str, section: pd.DataFrame, references: pd.DataFrame 
         return None
     columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text"), _Col("ipc", "IPC")]
     columns += [_Col(f"model:{m}", m) for m in models] + [_Col("model_mean", "Mean over models")]
+    teacher = current_teacher(references)
     out = []
     for key in keys:
         row = [_cell(key[0], "text"), _cell(key[1], "text"), _cell(key[2], "num", str(key[2]))]
         for m in models:
             r = cells.get((*key, m))
-            row.append(_cell(None, "num") if r is None else _titled(
-                _cell(r.mean * 100, "num", f"{r.mean * 100:.2f} ± {r.std * 100:.2f} (n={int(r.n_seeds)})"),
-                _provenance(r)))
+            row.append(_cell(None, "num") if r is None else _accuracy_cell(
+                r, f"{r.mean * 100:.2f} ± {r.std * 100:.2f} (n={int(r.n_seeds)})", teacher))
         avg = model_mean(cells, key, models)
         row.append(_cell(None if avg is None else avg * 100, "num", None if avg is None else f"{avg * 100:.2f}"))
         out.append(row)
@@ -380,6 +392,10 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na, refs, model,
                                        (ipcs or {}).get((dataset, protocol), ())))
         setting = section_notes(notes, dataset, protocol, primary["method"], not refs.empty)
+        teacher = current_teacher(refs)
+        stale = [(f"{r.method} IPC {int(r.ipc)}", earlier) for r in primary.itertuples()
+                 if (earlier := earlier_teacher(r, teacher)) is not None]
+        setting += [(EARLIER_TEACHER_MARK, line) for line in [earlier_teacher_line(stale)] if line]
         if setting:
             parts.append('<ul class="meta">' + "".join(f"<li><b>{html.escape(m)}</b>: {inline_code(n)}</li>"
                                                        for m, n in setting) + "</ul>")

@@ -5,6 +5,8 @@ All records of a cell pool their per-seed accuracies: the cell's mean and std
 (population std, ddof=0) are taken over that pooled list, so two runs with five
 seeds each give one cell with n=10. Records relabelled by another teacher than the cell's newest record (a
 protocol's teacher recipe changed) do not pool: they show as their own row, `method [earlier teacher, A %]`.
+A cell whose teacher is not the one of its table's `teacher` row (not rerun since the protocol's teacher changed)
+is marked EARLIER_TEACHER_MARK, with a line under the table naming that teacher's accuracy.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ COLUMNS = CELL_KEYS + [
     "git_commit",  # of the newest record
     "command",  # of the newest record
     "latest",  # `created` of the newest record
+    "teacher",  # the newest record's teacher summary as JSON (models, recipe, test accuracy); None without one
 ]
 # DD-Ranking's fair scores (from accuracies as fractions): mean over the records that report them, NaN when none do.
 SCORE_COLUMNS = ("hlr", "ior", "lrs", "ars")
@@ -43,6 +46,8 @@ COLUMNS += list(SCORE_COLUMNS)
 
 MISSING_CELL = "—"
 REUSED_MARK = "†"  # after a distillation time: the distillation was shared with another protocol's cell
+EARLIER_TEACHER_MARK = "‡"  # after an accuracy: relabelled by another teacher than the table's `teacher` row
+EARLIER_TEACHER_LABEL = " [earlier teacher"  # after a method: runs of a cell that a newer teacher's runs replace
 
 
 def _sort_key(row: dict[str, Any]) -> tuple:
@@ -103,7 +108,7 @@ def labelled_by_teacher(records: list[dict[str, Any]], cell: Callable[[dict[str,
         label = shown_method(record)
         if _teacher_of(record) != _teacher_of(newest[cell(record)]):
             accuracy = (record.get("teacher") or {}).get("test_accuracy")
-            label += " [earlier teacher" + (f", {100 * float(accuracy):.2f} %]" if accuracy is not None else "]")
+            label += EARLIER_TEACHER_LABEL + (f", {100 * float(accuracy):.2f} %]" if accuracy is not None else "]")
         labels.append(label)
     return labels
 
@@ -142,6 +147,7 @@ def leaderboard_frame(records: Iterable[dict[str, Any]], include_shortened: bool
             git_commit=newest.get("git_commit"),
             command=newest.get("command"),
             latest=newest["created"],
+            teacher=_teacher_of(newest),
             **{name: _mean_or_nan((r.get("scores") or {}).get(name) for r in group) for name in SCORE_COLUMNS},
         )
         rows.append(row)
@@ -154,7 +160,7 @@ def leaderboard_frame(records: Iterable[dict[str, Any]], include_shortened: bool
 
 
 REFERENCE_COLUMNS = ["dataset", "protocol", "reference", "method", "eval_model", "mean", "std", "n_seeds",
-                     "command", "git_commit"]
+                     "command", "git_commit", "latest", "teacher"]
 REFERENCE_ORDER = ("whole_dataset", "teacher")
 
 
@@ -175,7 +181,7 @@ def reference_frame(records: Iterable[dict[str, Any]], include_shortened: bool =
         newest = max(group, key=_recency)
         rows.append(dict(dataset=dataset, protocol=protocol, reference=kind, method=method, eval_model=model,
                          mean=mean, std=std, n_seeds=len(pooled), command=newest.get("command"),
-                         git_commit=newest.get("git_commit")))
+                         git_commit=newest.get("git_commit"), latest=newest["created"], teacher=_teacher_of(newest)))
     rows.sort(key=lambda r: (r["dataset"].lower(), r["protocol"], REFERENCE_ORDER.index(r["reference"]),
                              _model_order(r["eval_model"])))
     return pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
@@ -186,6 +192,37 @@ def section_references(references: pd.DataFrame | None, dataset: str, protocol: 
     if references is None or references.empty:
         return pd.DataFrame(columns=REFERENCE_COLUMNS)
     return references[(references["dataset"] == dataset) & (references["protocol"] == protocol)]
+
+
+def current_teacher(references: pd.DataFrame | None) -> str | None:
+    """The teacher summary (as in the frame's `teacher` column) of a section's newest `teacher` reference row, or
+    None when the section has none."""
+    if references is None or references.empty:
+        return None
+    teachers = references[references["reference"] == "teacher"]
+    if teachers.empty:
+        return None
+    return teachers.loc[teachers["latest"].map(parse_time).idxmax(), "teacher"]
+
+
+def earlier_teacher(row: Any, teacher: str | None) -> float | None:
+    """The test accuracy (fraction; NaN when its record has none) of the teacher that relabelled a frame row when it
+    is not `teacher` (current_teacher of its section); None when it is, when either is unknown, or when the row is
+    already labelled as an earlier teacher's runs of its cell."""
+    if (teacher is None or not isinstance(row.teacher, str) or row.teacher == teacher
+            or EARLIER_TEACHER_LABEL in row.method):
+        return None
+    return float(json.loads(row.teacher).get("test_accuracy", math.nan))
+
+
+def earlier_teacher_line(marked: list[tuple[str, float]]) -> str | None:
+    """What a table's EARLIER_TEACHER_MARK means, said under it (after the mark): marked = (cell, teacher accuracy)."""
+    if not marked:
+        return None
+    cells = "; ".join(f"{cell}: {accuracy * 100:.2f} %" if math.isfinite(accuracy) else cell
+                      for cell, accuracy in marked)
+    return (f"relabelled by an earlier teacher than the `teacher` row ({cells}): the cell has "
+            "not been rerun since the protocol's teacher changed.")
 
 
 REFERENCE_ROWS = "reference rows"  # the notes key of a board's note on a section's whole-dataset and teacher rows
@@ -246,9 +283,14 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
         return f"_No results evaluated on {DEFAULT_EVAL_MODEL_TITLE} ({DEFAULT_EVAL_MODEL}) yet._"
     na = not_applicable or {}
     ipcs = table_ipcs(convnet, na, planned_ipcs)
-    cells = {
-        (r.method, r.label_type, int(r.ipc)): format_cell(r.mean, r.std, r.n_seeds) for r in convnet.itertuples()
-    }
+    teacher = current_teacher(references)
+    cells, marked = {}, []
+    for r in convnet.itertuples():
+        cells[(r.method, r.label_type, int(r.ipc))] = format_cell(r.mean, r.std, r.n_seeds)
+        earlier = earlier_teacher(r, teacher)
+        if earlier is not None:
+            cells[(r.method, r.label_type, int(r.ipc))] += " " + EARLIER_TEACHER_MARK
+            marked.append((f"{r.method} IPC {int(r.ipc)}", earlier))
     methods = _method_rows(convnet)
     rows = [
         [method, labels] + [cells.get((method, labels, ipc), "n/a" if (method, ipc) in na else MISSING_CELL)
@@ -279,6 +321,7 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
     lines = [f"n/a: {method} at IPC {ipc}: {why}" for (method, ipc), why in sorted(na.items()) if method in shown]
     has_references = references is not None and not references.empty
     lines += [f"{row}: {note}" for row, note in section_notes(notes, dataset, protocol, shown, has_references)]
+    lines += [f"{EARLIER_TEACHER_MARK} {line}" for line in [earlier_teacher_line(marked)] if line]
     if refs:
         caption += (" Reference rows (the same at every IPC): `whole dataset` = the network trained on the whole real "
                     "train set with hard labels under this protocol's augmentation; `teacher` = the protocol's teacher "
@@ -335,13 +378,19 @@ def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None,
     models, keys, cells = cross_rows(section, planned)
     if len(models) < 2:
         return None
-    rows = []
+    teacher = current_teacher(references)
+    rows, marked = [], []
     for key in keys:
         mean = model_mean(cells, key, models)
-        rows.append([key[0], key[1], str(key[2])]
-                    + [format_cell(cells[(*key, m)].mean, cells[(*key, m)].std, cells[(*key, m)].n_seeds)
-                       if (*key, m) in cells else MISSING_CELL for m in models]
-                    + [MISSING_CELL if mean is None else f"{mean * 100:.2f}"])
+        shown = []
+        for m in models:
+            r = cells.get((*key, m))
+            earlier = None if r is None else earlier_teacher(r, teacher)
+            if earlier is not None:
+                marked.append((f"{key[0]} IPC {key[2]} {m}", earlier))
+            shown.append(MISSING_CELL if r is None else format_cell(r.mean, r.std, r.n_seeds)
+                         + ("" if earlier is None else " " + EARLIER_TEACHER_MARK))
+        rows.append([key[0], key[1], str(key[2])] + shown + [MISSING_CELL if mean is None else f"{mean * 100:.2f}"])
     whole = {} if references is None else {r.eval_model: r for r in references.itertuples()
                                             if r.reference == "whole_dataset"}
     if whole:
@@ -354,7 +403,9 @@ def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None,
     header = ["Method", "Labels", "IPC"] + models + ["Mean over models"]
     caption = ("Cross-architecture: test accuracy (%) per evaluation model; n = seeds per cell (a board may use "
                "fewer seeds on the extra architectures); — = not run yet; the mean is over complete rows only.")
-    return caption + "\n\n" + _table(header, rows, n_labels=3)
+    line = earlier_teacher_line(marked)
+    return caption + "\n\n" + _table(header, rows, n_labels=3) + (
+        "" if line is None else f"\n\n- {EARLIER_TEACHER_MARK} {_escape(line)}")
 
 
 def render_markdown(frame: pd.DataFrame, not_applicable: dict[tuple[str, str, int], str] | None = None,
