@@ -360,6 +360,10 @@ class Evaluator:
                                                                   accuracies, ipc)
                 log.info("scores %s: %s (%.1f s of training)", name, ", ".join(
                     f"{k} {result.scores[k]:.4f}" for k in protocol.scores), result.score_seconds)
+            if uses_teacher and not labels.is_floating_point():
+                result.scores["teacher_agreement"] = self.teacher_agreement(images, labels)
+                log.info("teacher agreement: the teacher's top class is the set's label for %.1f %% of its images",
+                         100 * result.scores["teacher_agreement"])
             if uses_teacher:
                 self.warn_weak_teacher(name, result.scores.get("acc_full_hard"))
             results.append(result)
@@ -368,6 +372,13 @@ class Evaluator:
     def teacher_summary(self, protocol: EvalProtocol, mode: str) -> dict[str, Any]:
         """The record's `teacher` of a run in label mode `mode` (its BatchNorm mode when it relabels online)."""
         return (self.relabeller(protocol) if mode == "teacher" else self.teacher).summary()
+
+    def teacher_agreement(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """The share of a set's images [...,C,H,W] (as stored, not augmented) whose top class under the protocol's
+        teacher (BatchNorm in eval mode) is their label [...]: low agreement means the teacher reads the images as
+        other classes, so its soft labels carry less of the class the set meant (the record's
+        `scores.teacher_agreement`)."""
+        return float((self.teacher.logits(images).argmax(-1) == labels).float().mean())
 
     def warn_weak_teacher(self, name: str, whole_data: float | None) -> None:
         """One warning when the teacher's test accuracy is more than TEACHER_SLACK below what `name` reaches

@@ -163,6 +163,20 @@ def test_a_weak_teacher_gets_one_warning_line(digits_small, caplog):
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
+def test_teacher_agreement_is_the_share_of_images_whose_teacher_class_is_their_label(digits_small):
+    class FirstPixels(torch.nn.Module):  # logits = the first 10 pixels: the class is where the bright pixel is
+        def forward(self, x):
+            return x.flatten(1)[:, :10]
+
+    evaluator = Evaluator(digits_small, EvalProtocol.from_dict({"name": "kd", "kind": "kd", "label_source": "teacher"}))
+    evaluator._teacher = Teacher([FirstPixels()], ["convnet"], test_accuracy=0.9)
+    images = torch.zeros(4, 1, 4, 4)
+    for i, cls in enumerate([3, 7, 1, 1]):
+        images.view(4, -1)[i, cls] = 1.0
+    assert evaluator.teacher_agreement(images, torch.tensor([3, 7, 1, 2])) == pytest.approx(0.75)
+    assert evaluator.teacher_agreement(images.unsqueeze(0), torch.tensor([[3, 7, 0, 2]])) == pytest.approx(0.5)
+
+
 def test_a_kd_run_records_its_teacher_and_a_reference_run_its_rows(tmp_path):
     env_cache = f"paths.cache={tmp_path / 'cache'}"
     run = subprocess.run([str(BIN / "ddbench-run"), "method=random", "dataset=digits", "ipc=1", "eval=kd",
@@ -172,6 +186,7 @@ def test_a_kd_run_records_its_teacher_and_a_reference_run_its_rows(tmp_path):
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "r").rglob("*.json")]
     assert record["teacher"]["models"] == ["convnet"] and 0 <= record["teacher"]["test_accuracy"] <= 1
     assert record["teacher"]["flip"] is False
+    assert 0 <= record["scores"]["teacher_agreement"] <= 1  # see the next test for its value
     ref = subprocess.run([str(BIN / "ddbench-reference"), "dataset=digits", "eval=kd", "smoke=true",
                           f"paths.records={tmp_path / 'r'}", env_cache, f"hydra.run.dir={tmp_path / 'o2'}"],
                          capture_output=True, text=True, timeout=300)
