@@ -24,7 +24,8 @@ import pandas as pd
 
 from ddbench.records.leaderboard import (
     DEFAULT_EVAL_MODEL, EARLIER_TEACHER_MARK, SCORE_COLUMNS, _model_order, cross_rows, current_teacher,
-    earlier_teacher, earlier_teacher_line, model_mean, reference_label, section_notes, section_references, table_ipcs,
+    earlier_teacher, earlier_teacher_cells, earlier_teacher_line, model_mean, reference_label, section_notes,
+    section_references, table_ipcs,
 )
 
 CSS = """
@@ -392,10 +393,8 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na, refs, model,
                                        (ipcs or {}).get((dataset, protocol), ())))
         setting = section_notes(notes, dataset, protocol, primary["method"], not refs.empty)
-        teacher = current_teacher(refs)
-        stale = [(f"{r.method} IPC {int(r.ipc)}", earlier) for r in primary.itertuples()
-                 if (earlier := earlier_teacher(r, teacher)) is not None]
-        setting += [(EARLIER_TEACHER_MARK, line) for line in [earlier_teacher_line(stale)] if line]
+        line = earlier_teacher_line(earlier_teacher_cells(primary, current_teacher(refs)))
+        setting += [(EARLIER_TEACHER_MARK, line)] if line else []
         if setting:
             parts.append('<ul class="meta">' + "".join(f"<li><b>{html.escape(m)}</b>: {inline_code(n)}</li>"
                                                        for m, n in setting) + "</ul>")

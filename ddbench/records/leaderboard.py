@@ -215,12 +215,21 @@ def earlier_teacher(row: Any, teacher: str | None) -> float | None:
     return float(json.loads(row.teacher).get("test_accuracy", math.nan))
 
 
-def earlier_teacher_line(marked: list[tuple[str, float]]) -> str | None:
-    """What a table's EARLIER_TEACHER_MARK means, said under it (after the mark): marked = (cell, teacher accuracy)."""
+def earlier_teacher_cells(rows: pd.DataFrame, teacher: str | None) -> dict[tuple[str, str, int], float]:
+    """(method, labels, ipc) → the teacher accuracy of the frame rows of one evaluation model that an earlier teacher
+    than `teacher` relabelled (see earlier_teacher)."""
+    return {(r.method, r.label_type, int(r.ipc)): accuracy for r in rows.itertuples()
+            if (accuracy := earlier_teacher(r, teacher)) is not None}
+
+
+def earlier_teacher_line(marked: dict[tuple, float]) -> str | None:
+    """What a table's EARLIER_TEACHER_MARK means, said under it (after the mark): marked = (method, labels, ipc[,
+    model]) → the teacher accuracy of the marked cells."""
     if not marked:
         return None
-    cells = "; ".join(f"{cell}: {accuracy * 100:.2f} %" if math.isfinite(accuracy) else cell
-                      for cell, accuracy in marked)
+    names = {key: f"{key[0]} IPC {key[2]}" + "".join(f" {m}" for m in key[3:]) for key in marked}
+    cells = "; ".join(f"{names[key]}: {accuracy * 100:.2f} %" if math.isfinite(accuracy) else names[key]
+                      for key, accuracy in marked.items())
     return (f"relabelled by an earlier teacher than the `teacher` row ({cells}): the cell has "
             "not been rerun since the protocol's teacher changed.")
 
@@ -283,14 +292,9 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
         return f"_No results evaluated on {DEFAULT_EVAL_MODEL_TITLE} ({DEFAULT_EVAL_MODEL}) yet._"
     na = not_applicable or {}
     ipcs = table_ipcs(convnet, na, planned_ipcs)
-    teacher = current_teacher(references)
-    cells, marked = {}, []
-    for r in convnet.itertuples():
-        cells[(r.method, r.label_type, int(r.ipc))] = format_cell(r.mean, r.std, r.n_seeds)
-        earlier = earlier_teacher(r, teacher)
-        if earlier is not None:
-            cells[(r.method, r.label_type, int(r.ipc))] += " " + EARLIER_TEACHER_MARK
-            marked.append((f"{r.method} IPC {int(r.ipc)}", earlier))
+    stale = earlier_teacher_cells(convnet, current_teacher(references))
+    cells = {(r.method, r.label_type, int(r.ipc)): format_cell(r.mean, r.std, r.n_seeds) for r in convnet.itertuples()}
+    cells = {key: text + (" " + EARLIER_TEACHER_MARK if key in stale else "") for key, text in cells.items()}
     methods = _method_rows(convnet)
     rows = [
         [method, labels] + [cells.get((method, labels, ipc), "n/a" if (method, ipc) in na else MISSING_CELL)
@@ -321,7 +325,7 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
     lines = [f"n/a: {method} at IPC {ipc}: {why}" for (method, ipc), why in sorted(na.items()) if method in shown]
     has_references = references is not None and not references.empty
     lines += [f"{row}: {note}" for row, note in section_notes(notes, dataset, protocol, shown, has_references)]
-    lines += [f"{EARLIER_TEACHER_MARK} {line}" for line in [earlier_teacher_line(marked)] if line]
+    lines += [f"{EARLIER_TEACHER_MARK} {line}" for line in [earlier_teacher_line(stale)] if line]
     if refs:
         caption += (" Reference rows (the same at every IPC): `whole dataset` = the network trained on the whole real "
                     "train set with hard labels under this protocol's augmentation; `teacher` = the protocol's teacher "
@@ -379,7 +383,7 @@ def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None,
     if len(models) < 2:
         return None
     teacher = current_teacher(references)
-    rows, marked = [], []
+    rows, marked = [], {}
     for key in keys:
         mean = model_mean(cells, key, models)
         shown = []
@@ -387,7 +391,7 @@ def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None,
             r = cells.get((*key, m))
             earlier = None if r is None else earlier_teacher(r, teacher)
             if earlier is not None:
-                marked.append((f"{key[0]} IPC {key[2]} {m}", earlier))
+                marked[(*key, m)] = earlier
             shown.append(MISSING_CELL if r is None else format_cell(r.mean, r.std, r.n_seeds)
                          + ("" if earlier is None else " " + EARLIER_TEACHER_MARK))
         rows.append([key[0], key[1], str(key[2])] + shown + [MISSING_CELL if mean is None else f"{mean * 100:.2f}"])
