@@ -345,6 +345,11 @@ class Evaluator:
         label_type = "hard" if mode == "hard" else "soft"
         results = []
         uses_teacher = mode == "teacher" or (mode == "stored" and not labels.is_floating_point())
+        agreement = None  # the same for every architecture: one teacher, one set
+        if uses_teacher and not labels.is_floating_point():
+            agreement = self.teacher_agreement(images, labels)
+            log.info("teacher agreement: the teacher's top class is the set's label for %.1f %% of its images",
+                     100 * agreement)
         for name in protocol.models:
             before = self.fit_seconds
             lr, lr_source = self.choose_lr(protocol, name, images, targets, mode, learned_lr)
@@ -360,10 +365,8 @@ class Evaluator:
                                                                   accuracies, ipc)
                 log.info("scores %s: %s (%.1f s of training)", name, ", ".join(
                     f"{k} {result.scores[k]:.4f}" for k in protocol.scores), result.score_seconds)
-            if uses_teacher and not labels.is_floating_point():
-                result.scores["teacher_agreement"] = self.teacher_agreement(images, labels)
-                log.info("teacher agreement: the teacher's top class is the set's label for %.1f %% of its images",
-                         100 * result.scores["teacher_agreement"])
+            if agreement is not None:
+                result.scores["teacher_agreement"] = agreement
             if uses_teacher:
                 self.warn_weak_teacher(name, result.scores.get("acc_full_hard"))
             results.append(result)
