@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from ddbench.records.leaderboard import (
-    DEFAULT_EVAL_MODEL, EARLIER_TEACHER_MARK, SCORE_COLUMNS, _model_order, cross_rows, current_teacher,
+    DEFAULT_EVAL_MODEL, EARLIER_TEACHER_MARK, SCORE_COLUMNS, _model_order, cell_rows, cross_rows, current_teacher,
     earlier_teacher, earlier_teacher_cells, earlier_teacher_line, model_mean, reference_label, section_notes,
     section_references, table_ipcs,
 )
@@ -218,7 +218,7 @@ def _method_ipc_table(table_id: str, rows: pd.DataFrame, not_applicable: dict[tu
     ipcs = table_ipcs(rows, na, planned_ipcs)
     columns = [_Col("method", "Method", "text"), _Col("label_type", "Labels", "text")]
     columns += [_Col(f"ipc{ipc}", f"IPC {ipc}") for ipc in ipcs]
-    found = {(r.method, r.label_type, int(r.ipc)): r for r in rows.itertuples()}
+    found = cell_rows(rows)
     teacher = current_teacher(references)
     keys = sorted({(r.method, r.label_type) for r in rows.itertuples()}, key=lambda k: (k[0].lower(), k[0], k[1]))
     out = []
@@ -393,7 +393,7 @@ def html_report(frame: pd.DataFrame, png_stem: str | None = None, n_records: int
         parts.append(_method_ipc_table(slug("t", dataset, protocol, "main"), primary, na, refs, model,
                                        (ipcs or {}).get((dataset, protocol), ())))
         setting = section_notes(notes, dataset, protocol, primary["method"], not refs.empty)
-        line = earlier_teacher_line(earlier_teacher_cells(primary, current_teacher(refs)))
+        line = earlier_teacher_line(earlier_teacher_cells(cell_rows(primary), current_teacher(refs)))
         setting += [(EARLIER_TEACHER_MARK, line)] if line else []
         if setting:
             parts.append('<ul class="meta">' + "".join(f"<li><b>{html.escape(m)}</b>: {inline_code(n)}</li>"

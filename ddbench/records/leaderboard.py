@@ -215,11 +215,15 @@ def earlier_teacher(row: Any, teacher: str | None) -> float | None:
     return float(json.loads(row.teacher).get("test_accuracy", math.nan))
 
 
-def earlier_teacher_cells(rows: pd.DataFrame, teacher: str | None) -> dict[tuple[str, str, int], float]:
-    """(method, labels, ipc) → the teacher accuracy of the frame rows of one evaluation model that an earlier teacher
-    than `teacher` relabelled (see earlier_teacher)."""
-    return {(r.method, r.label_type, int(r.ipc)): accuracy for r in rows.itertuples()
-            if (accuracy := earlier_teacher(r, teacher)) is not None}
+def cell_rows(rows: pd.DataFrame) -> dict[tuple[str, str, int], Any]:
+    """(method, labels, ipc) → frame row, for the rows of one evaluation model."""
+    return {(r.method, r.label_type, int(r.ipc)): r for r in rows.itertuples()}
+
+
+def earlier_teacher_cells(cells: dict[tuple, Any], teacher: str | None) -> dict[tuple, float]:
+    """key → the teacher accuracy of the keyed frame rows (cells: (method, labels, ipc[, model]) → row) that an
+    earlier teacher than `teacher` relabelled (see earlier_teacher)."""
+    return {key: accuracy for key, r in cells.items() if (accuracy := earlier_teacher(r, teacher)) is not None}
 
 
 def earlier_teacher_line(marked: dict[tuple, float]) -> str | None:
@@ -292,9 +296,10 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
         return f"_No results evaluated on {DEFAULT_EVAL_MODEL_TITLE} ({DEFAULT_EVAL_MODEL}) yet._"
     na = not_applicable or {}
     ipcs = table_ipcs(convnet, na, planned_ipcs)
-    stale = earlier_teacher_cells(convnet, current_teacher(references))
-    cells = {(r.method, r.label_type, int(r.ipc)): format_cell(r.mean, r.std, r.n_seeds) for r in convnet.itertuples()}
-    cells = {key: text + (" " + EARLIER_TEACHER_MARK if key in stale else "") for key, text in cells.items()}
+    found = cell_rows(convnet)
+    stale = earlier_teacher_cells(found, current_teacher(references))
+    cells = {key: format_cell(r.mean, r.std, r.n_seeds) + (" " + EARLIER_TEACHER_MARK if key in stale else "")
+             for key, r in found.items()}
     methods = _method_rows(convnet)
     rows = [
         [method, labels] + [cells.get((method, labels, ipc), "n/a" if (method, ipc) in na else MISSING_CELL)
@@ -308,10 +313,9 @@ def _main_table(section: pd.DataFrame, not_applicable: dict[tuple[str, int], str
         rows.append([reference_label(r), "hard" if r.reference == "whole_dataset" else "—"]
                     + [format_cell(r.mean, r.std, r.n_seeds)] * len(ipcs))
     times = {
-        (r.method, r.label_type, int(r.ipc)):
-            _seconds(r.distill_seconds) + (REUSED_MARK if r.distill_reused else "") + " + " + _seconds(r.eval_seconds)
-            + (" + " + _seconds(r.score_seconds) if r.score_seconds > 0 else "")  # NaN: not measured
-        for r in convnet.itertuples()
+        key: _seconds(r.distill_seconds) + (REUSED_MARK if r.distill_reused else "") + " + " + _seconds(r.eval_seconds)
+        + (" + " + _seconds(r.score_seconds) if r.score_seconds > 0 else "")  # NaN: not measured
+        for key, r in found.items()
     }
     time_rows = [[method, labels] + [times.get((method, labels, ipc), MISSING_CELL) for ipc in ipcs]
                  for method, labels in methods]
@@ -382,19 +386,14 @@ def _cross_table(section: pd.DataFrame, references: pd.DataFrame | None = None,
     models, keys, cells = cross_rows(section, planned)
     if len(models) < 2:
         return None
-    teacher = current_teacher(references)
-    rows, marked = [], {}
+    shown = {(*key, m): cells[(*key, m)] for key in keys for m in models if (*key, m) in cells}
+    marked = earlier_teacher_cells(shown, current_teacher(references))
+    rows = []
     for key in keys:
         mean = model_mean(cells, key, models)
-        shown = []
-        for m in models:
-            r = cells.get((*key, m))
-            earlier = None if r is None else earlier_teacher(r, teacher)
-            if earlier is not None:
-                marked[(*key, m)] = earlier
-            shown.append(MISSING_CELL if r is None else format_cell(r.mean, r.std, r.n_seeds)
-                         + ("" if earlier is None else " " + EARLIER_TEACHER_MARK))
-        rows.append([key[0], key[1], str(key[2])] + shown + [MISSING_CELL if mean is None else f"{mean * 100:.2f}"])
+        texts = [MISSING_CELL if (r := shown.get((*key, m))) is None else format_cell(r.mean, r.std, r.n_seeds)
+                 + (" " + EARLIER_TEACHER_MARK if (*key, m) in marked else "") for m in models]
+        rows.append([key[0], key[1], str(key[2])] + texts + [MISSING_CELL if mean is None else f"{mean * 100:.2f}"])
     whole = {} if references is None else {r.eval_model: r for r in references.itertuples()
                                             if r.reference == "whole_dataset"}
     if whole:
